@@ -1,0 +1,915 @@
+"""RayMap: a streaming, batched, back-pressured map over Ray tasks.
+
+Data flow of one ``imap`` call::
+
+    iterable --(lazy, in chunks)--> checkpoint lookup --> batches --> Backend.submit
+                                         |                               |  window: at most
+                                    replayed items                       |  ``max_pending``
+                                         |                               v  batches in flight
+    caller <-- emit (order / as ready) <-- reorder buffer <-- Backend.wait + result
+                                               (counts against the window too)
+
+1. ``RayMap.imap()`` validates everything, opens the input with ``iter()``, connects to
+   Ray and ships the callable once (dill, one ``ray.put``); nothing runs yet.
+2. Each step of the iterator first *fills* the window: it reads the next chunk of input
+   (sized by ``BatchSizer``), answers from the checkpoint what it can, and submits the rest
+   as one task - until ``max_pending`` batches are in flight or waiting to be yielded.
+3. It then yields a finished batch if one is next (input order) or any is done (as ready);
+   otherwise it blocks in ``ray.wait`` - never polls - for one batch to finish, records it
+   (checkpoint, ``on_error``, the per-item duration for batch sizing) and loops.
+4. Leaving early - ``break``, ``close()``, an exception, dropping the iterator, cancelling
+   the consuming asyncio task - cancels the call's tasks still in flight.
+
+The input is never materialized and a result is dropped once yielded: memory is bounded by
+the window. This module knows nothing of the ``multiprocessing`` vocabulary; the pool facade
+translates into ``MapOptions``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+from ._backend import Backend, InlineBackend, RayBackend
+from ._batching import BatchSizer
+from ._config import MapOptions, Unpack
+from ._errors import attach_remote_traceback
+from ._outcome import BatchResult, ItemError
+from ._runtime import ensure_ray
+from ._serialization import dumps_callable, item_key
+from ._store import CheckpointStore, PickleFileStore
+
+__all__ = ["MapIterator", "MapStatistics", "RayMap", "RayMapIterator"]
+
+R = TypeVar("R")
+
+#: ``max_pending=-1`` keeps this many batches per cluster CPU in flight (plus
+#: ``WINDOW_EXTRA``): enough that every worker has its next task queued while the driver
+#: handles a result. More costs driver memory (the window is what the driver holds).
+WINDOW_PER_CPU = 2
+WINDOW_EXTRA = 2
+
+OnError = Callable[[Any, BaseException], Any]
+StopCondition = Callable[[], bool] | threading.Event
+
+
+@dataclasses.dataclass(frozen=True)
+class MapStatistics:
+    """A snapshot of one map call, from ``MapIterator.statistics()``.
+
+    Attributes:
+        items_read: items taken from the input so far.
+        items_submitted: items sent to workers (read minus replayed).
+        batches_submitted: tasks sent to workers.
+        items_done: items whose outcome is known (computed or replayed).
+        items_replayed: items answered from the checkpoint.
+        batches_in_flight: tasks running or queued now.
+        batches_buffered: finished batches not yet fully yielded.
+        window: the most batches in flight plus buffered.
+        seconds_per_item: the running estimate of an item's duration, or ``None``.
+    """
+
+    items_read: int
+    items_submitted: int
+    batches_submitted: int
+    items_done: int
+    items_replayed: int
+    batches_in_flight: int
+    batches_buffered: int
+    window: int
+    seconds_per_item: float | None
+
+
+class _Batch:
+    __slots__ = ("items", "keys", "replayed", "result", "sent", "seq", "size")
+
+    def __init__(self, seq: int, size: int, items: list[Any] | None) -> None:
+        self.seq = seq
+        self.size = size
+        self.items = items  # kept only when ret_args, on_error or a checkpoint need them
+        self.keys: list[str] | None = None
+        self.replayed: dict[int, tuple[bool, Any]] | None = None
+        self.sent: list[int] | None = None  # positions sent to a worker; None = all
+        self.result: BatchResult | None = None
+
+
+class _MapRun:
+    """The state of one map call. Driven by ``_iterate`` or ``_aiterate``."""
+
+    def __init__(
+        self,
+        iterator: Iterator[Any],
+        total: int | None,
+        options: MapOptions,
+        backend: Backend,
+        *,
+        store: CheckpointStore | None,
+        on_error: OnError | None,
+        halt_input: Callable[[], bool] | None = None,
+        halt_output: Callable[[], bool] | None = None,
+        max_buffered_items: int | None = None,
+    ) -> None:
+        self.options = options
+        self.backend = backend
+        self._input = iterator
+        self._store = store
+        self._on_error = on_error
+        self._halt_input = halt_input
+        self.halt_output = halt_output
+        self._max_buffered_items = max_buffered_items
+        cpus = backend.cpus
+        if options.max_pending == -1:
+            self.window = WINDOW_PER_CPU * cpus + WINDOW_EXTRA
+        else:
+            self.window = options.max_pending
+        self._sizer = BatchSizer(
+            options.batch_size,
+            cpus=cpus,
+            total=total,
+            adaptive_tail=options.adaptive_tail_batching,
+            tail_batches_per_core=options.tail_batches_per_core,
+            tail_min_batch_size=options.tail_min_batch_size,
+        )
+        self._keep_items = options.ret_args or on_error is not None or store is not None
+        self.in_flight: dict[Any, _Batch] = {}
+        self._ordered: dict[int, _Batch] = {}
+        self._ready: deque[_Batch] = deque()
+        self._next_seq = 0
+        self._buffered = 0
+        self._buffered_items = 0
+        self._seq = 0
+        self._read = 0
+        self._submitted = 0
+        self._batches_submitted = 0
+        self._done = 0
+        self._replayed = 0
+        self._exhausted = False
+        self.input_error: BaseException | None = None
+        self._closed = False
+
+    # -- filling the window ----------------------------------------------------------------
+
+    def _room(self) -> bool:
+        if len(self.in_flight) + self._buffered >= self.window:
+            return False
+        limit = self._max_buffered_items
+        return limit is None or self._buffered_items < limit
+
+    def fill(self) -> None:
+        """Read and submit input until the window is full or the input ends."""
+        while not self._exhausted and self._room():
+            if self._halt_input is not None and self._halt_input():
+                self._exhausted = True
+                break
+            size = self._sizer.next_size(self._read)
+            chunk: list[Any] = []
+            try:
+                # extend() keeps what it read before an exception: no item is lost.
+                chunk.extend(itertools.islice(self._input, size))
+            except Exception as exc:
+                self.input_error = exc
+                self._exhausted = True
+            if len(chunk) < size:
+                self._exhausted = True
+            if chunk:
+                self._read += len(chunk)
+                self._start(chunk)
+
+    def _start(self, chunk: list[Any]) -> None:
+        batch = _Batch(self._seq, len(chunk), chunk if self._keep_items else None)
+        self._seq += 1
+        send = chunk
+        if self._store is not None:
+            batch.keys = [item_key(item) for item in chunk]
+            replayed = {}
+            for position, key in enumerate(batch.keys):
+                recorded = self._store.lookup(key)
+                if recorded is not None:
+                    replayed[position] = recorded
+            if replayed:
+                self._replayed += len(replayed)
+                batch.replayed = replayed
+                batch.sent = [p for p in range(len(chunk)) if p not in replayed]
+                send = [chunk[p] for p in batch.sent]
+                if not send:
+                    batch.result = BatchResult([], None, 0.0)
+                    self._finish(batch)
+                    return
+        handle = self.backend.submit(send)
+        self.in_flight[handle] = batch
+        self._submitted += len(send)
+        self._batches_submitted += 1
+
+    # -- collecting results --------------------------------------------------------------
+
+    def complete(self, handle: Any) -> None:
+        """Take in the result of the finished task ``handle``."""
+        batch = self.in_flight.pop(handle)
+        sent = batch.size if batch.sent is None else len(batch.sent)
+        result = self.backend.result(handle, sent)
+        if result.seconds > 0:
+            self._sizer.observe(sent, result.seconds)
+        batch.result = result
+        self._record(batch)
+        self._finish(batch)
+
+    def _record(self, batch: _Batch) -> None:
+        result = batch.result
+        assert result is not None
+        positions = batch.sent if batch.sent is not None else range(batch.size)
+        errors = result.errors or {}
+        timeouts = result.timeouts or frozenset()
+        for error in errors.values():
+            attach_remote_traceback(*error)
+        if self._on_error is not None and errors:
+            items = batch.items
+            assert items is not None
+            for index, (exc, _) in errors.items():
+                self._on_error(items[positions[index]], exc)
+        if self._store is not None:
+            assert batch.keys is not None and batch.items is not None
+            for index, position in enumerate(positions):
+                error = errors.get(index)
+                if error is not None and (index in timeouts or _is_infrastructure(error)):
+                    continue  # a resume retries timeouts and lost workers
+                value = result.values[index]
+                self._store.record(batch.keys[position], batch.items[position], value, error)
+
+    def _finish(self, batch: _Batch) -> None:
+        self._done += batch.size
+        self._buffered += 1
+        self._buffered_items += batch.size
+        if self.options.keep_order:
+            self._ordered[batch.seq] = batch
+        else:
+            self._ready.append(batch)
+
+    def pop_ready(self) -> _Batch | None:
+        """The next batch to yield, or ``None`` if it has not finished yet."""
+        if self.options.keep_order:
+            batch = self._ordered.pop(self._next_seq, None)
+            if batch is not None:
+                self._next_seq += 1
+            return batch
+        return self._ready.popleft() if self._ready else None
+
+    @property
+    def drained(self) -> bool:
+        """Nothing more will come: input read, nothing in flight or buffered."""
+        return self._exhausted and not self.in_flight and not self._buffered
+
+    # -- yielding ------------------------------------------------------------------------
+
+    def emit(self, batch: _Batch) -> Iterator[Any]:
+        """The outputs of ``batch`` in its order (raising errors unless safe).
+
+        The batch stops counting against the window once handed out here.
+        """
+        self._buffered -= 1
+        self._buffered_items -= batch.size
+        values, errors = self._merge(batch)
+        if not errors and not self.options.ret_args and self.halt_output is None:
+            return iter(values)  # the hot path: no per-item work in Python
+        return self._emit_items(batch.items, values, errors)
+
+    def _emit_items(
+        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
+    ) -> Iterator[Any]:
+        options = self.options
+        for position, value in enumerate(values):
+            if self.halt_output is not None and self.halt_output():
+                return
+            if errors and position in errors:
+                exc = errors[position][0]
+                if not options.safe_exceptions:
+                    raise exc
+                value = exc
+            yield (items[position], value) if options.ret_args else value  # type: ignore[index]
+
+    def _merge(self, batch: _Batch) -> tuple[list[Any], dict[int, ItemError] | None]:
+        result = batch.result
+        assert result is not None
+        if batch.replayed is None:
+            return result.values, result.errors
+        values: list[Any] = [None] * batch.size
+        errors: dict[int, ItemError] = {}
+        for position, (failed, recorded) in batch.replayed.items():
+            if failed:
+                errors[position] = (attach_remote_traceback(*recorded), recorded[1])
+            else:
+                values[position] = recorded
+        assert batch.sent is not None
+        for index, position in enumerate(batch.sent):
+            values[position] = result.values[index]
+            if result.errors and index in result.errors:
+                errors[position] = result.errors[index]
+        return values, errors or None
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel what is still in flight and make the checkpoint durable (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.in_flight:
+                self.backend.cancel(list(self.in_flight))
+                self.in_flight.clear()
+        finally:
+            try:
+                if self._store is not None:
+                    self._store.flush()
+            finally:
+                self.backend.close()
+
+    def statistics(self) -> MapStatistics:
+        return MapStatistics(
+            items_read=self._read,
+            items_submitted=self._submitted,
+            batches_submitted=self._batches_submitted,
+            items_done=self._done,
+            items_replayed=self._replayed,
+            batches_in_flight=len(self.in_flight),
+            batches_buffered=self._buffered,
+            window=self.window,
+            seconds_per_item=self._sizer.seconds_per_item,
+        )
+
+
+def _is_infrastructure(error: ItemError) -> bool:
+    from ._errors import BrokenPoolError
+
+    return isinstance(error[0], BrokenPoolError)
+
+
+def _iterate(run: _MapRun) -> Iterator[Any]:
+    try:
+        while True:
+            run.fill()
+            batch = run.pop_ready()
+            if batch is not None:
+                yield from run.emit(batch)
+                if run.halt_output is not None and run.halt_output():
+                    return
+                continue
+            if run.drained:
+                break
+            run.complete(run.backend.wait(list(run.in_flight)))
+        if run.input_error is not None:
+            raise run.input_error
+    finally:
+        run.close()
+
+
+async def _aiterate(run: _MapRun) -> AsyncIterator[Any]:
+    try:
+        while True:
+            run.fill()
+            batch = run.pop_ready()
+            if batch is not None:
+                for output in run.emit(batch):
+                    yield output
+                if run.halt_output is not None and run.halt_output():
+                    return
+                continue
+            if run.drained:
+                break
+            run.complete(await run.backend.wait_async(list(run.in_flight)))
+        if run.input_error is not None:
+            raise run.input_error
+    finally:
+        run.close()
+
+
+class MapIterator(Iterator[Any]):
+    """The iterator ``RayMap.imap`` returns: a generator plus ``statistics()``.
+
+    Closing it (or dropping it, or breaking out of the loop that consumes it) cancels the
+    call's tasks still in flight.
+    """
+
+    def __init__(self, run: _MapRun) -> None:
+        self._run = run
+        self._gen = _iterate(run)
+
+    def __iter__(self) -> Iterator[Any]:
+        # A for loop runs the generator directly, without a Python-level __next__ per item.
+        return self._gen
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop the call: cancel its tasks in flight and flush its checkpoint."""
+        self._gen.close()
+
+    def statistics(self) -> MapStatistics:
+        """A snapshot of this call's progress."""
+        return self._run.statistics()
+
+
+class RayMapIterator(MapIterator):
+    """``MapIterator`` with ``len()`` when the input had one (for progress bars), as
+    ray-map's ``submit`` returns."""
+
+    def __init__(self, run: _MapRun, total: int | None) -> None:
+        super().__init__(run)
+        self._total = total
+
+    def __len__(self) -> int:
+        if self._total is None:
+            raise TypeError("the length of this map is unknown: its input has no len()")
+        return self._total
+
+
+def _length(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _stop_predicate(stop: StopCondition | None) -> Callable[[], bool] | None:
+    if stop is None:
+        return None
+    if isinstance(stop, threading.Event):
+        return stop.is_set
+    if callable(stop):
+        return stop
+    raise TypeError(f"stop must be a callable or a threading.Event, got {type(stop).__name__}")
+
+
+class RayMap(Generic[R]):
+    """Map a function over an iterable on Ray: streaming, batched and back-pressured.
+
+    Keeps the API of the ``ray-map`` package (``from raypool import RayMap`` replaces
+    ``from ray_map import RayMap``). Constructing it does no I/O; Ray starts (or is
+    connected to) on the first call.
+
+    Args:
+        fn: the function. An item is passed as ``unpack`` says (by default a tuple as
+            ``fn(*item)``, a dict as ``fn(**item)``, anything else as ``fn(item)``).
+            Lambdas and closures are fine: it is serialized with dill.
+        batch_size: items per Ray task; ``None`` (default) sizes batches from the measured
+            item duration, to about 20 ms of work per task, and 1 for slow items.
+        max_pending: batches in flight at once - in ordered mode finished batches waiting
+            behind a slower one count too, which bounds memory; ``-1`` (default):
+            ``2 * CPUs + 2`` of the cluster.
+        checkpoint_path: a file recording each finished item; a rerun yields recorded items
+            without computing them again. Timeouts and lost workers are not recorded.
+        checkpoint_every: finished items between two writes of the checkpoint file.
+        address: a Ray cluster to connect to (``"host:port"``, ``"ray://host:port"``,
+            ``"auto"``); ``None`` starts a local instance. Unreachable: an error within
+            seconds, never a silent local fallback. Ignored if Ray is already initialized.
+        password: the cluster's legacy Redis password.
+        runtime_env: Ray runtime environment of the tasks (passed to ``ray.init`` when this
+            starts Ray, else to each task).
+        remote_options: passed to ``.options()`` of each task, e.g. ``{"num_cpus": 0.5}``.
+        on_error: ``on_error(item, exception)`` is called in the caller's process for each
+            failed item as its batch arrives (replayed items excluded).
+        init_if_needed: start or connect to Ray in the constructor instead of lazily.
+        adaptive_tail_batching: when the input has a ``len()``, shrink batches near the
+            end so the last tasks finish together.
+        tail_batches_per_core: the tail starts when fewer than this many batches per CPU
+            are left.
+        tail_min_batch_size: batches never shrink below this.
+        unpack: ``"auto"`` (above), ``"none"`` (``fn(item)``), ``"args"`` (``fn(*item)``)
+            or ``"kwargs"`` (``fn(**item)``).
+        batched: ``fn`` takes a whole batch (a list of items) and returns a list of as many
+            results - vectorized numpy work, model inference. A ``timeout`` then applies to
+            each call; a wrong length is a ``BatchLengthError`` for each item of the batch.
+        sequential: run everything in the calling thread, with no Ray at all: same
+            ordering, ``ret_args``, ``safe_exceptions``, ``on_error`` and checkpoint
+            behaviour, and ``pdb`` works in ``fn``. A timeout interrupts an item as in a
+            worker when called from the main thread (it uses ``SIGALRM`` meanwhile); from
+            another thread it can only report, after the item returns, that it overran.
+
+    Raises:
+        TypeError: ``fn`` is not callable.
+        ValueError: an option is out of range (``batch_size < 1``, ``max_pending == 0``...).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        *,
+        batch_size: int | None = None,
+        max_pending: int = -1,
+        checkpoint_path: str | None = None,
+        checkpoint_every: int = 100,
+        address: str | None = None,
+        password: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        remote_options: dict[str, Any] | None = None,
+        on_error: OnError | None = None,
+        init_if_needed: bool = False,
+        adaptive_tail_batching: bool = True,
+        tail_batches_per_core: int = 2,
+        tail_min_batch_size: int = 1,
+        unpack: Unpack = "auto",
+        batched: bool = False,
+        sequential: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"RayMap needs a callable, got {type(fn).__name__}: {fn!r}")
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable, got {type(on_error).__name__}")
+        for name, value in (("runtime_env", runtime_env), ("remote_options", remote_options)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+        self.fn = fn
+        self._options = MapOptions(
+            batch_size=batch_size,
+            max_pending=max_pending,
+            unpack=unpack,
+            batched=batched,
+            adaptive_tail_batching=adaptive_tail_batching,
+            tail_batches_per_core=tail_batches_per_core,
+            tail_min_batch_size=tail_min_batch_size,
+            checkpoint_every=checkpoint_every,
+        )
+        self.checkpoint_path = checkpoint_path
+        self._address = address
+        self._password = password
+        self._runtime_env = dict(runtime_env) if runtime_env else None
+        self._remote_options = dict(remote_options) if remote_options else {}
+        self._on_error = on_error
+        self._sequential = sequential
+        self._store: PickleFileStore | None = None
+        self._started_ray = False
+        if init_if_needed and not sequential:
+            self._ensure_ray()
+
+    @property
+    def batch_size(self) -> int | None:
+        """The fixed batch size, or ``None`` when batches are sized automatically."""
+        return self._options.batch_size
+
+    @property
+    def max_pending(self) -> int:
+        """The window of batches, or ``-1`` when sized from the cluster."""
+        return self._options.max_pending
+
+    def __repr__(self) -> str:
+        mode = "sequential" if self._sequential else "ray"
+        return f"<RayMap fn={self.fn!r} mode={mode} options={self._options}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a RayMap cannot be pickled: create it where it is used")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _ensure_ray(self) -> None:
+        if ensure_ray(self._address, password=self._password, runtime_env=self._runtime_env):
+            self._started_ray = True
+
+    def _backend(self, options: MapOptions) -> Backend:
+        if self._sequential:
+            return InlineBackend(
+                self.fn, unpack=options.unpack, timeout=options.timeout, batched=options.batched
+            )
+        self._ensure_ray()
+        blob, digest = dumps_callable(self.fn)
+        remote_options = dict(self._remote_options)
+        if self._runtime_env and not self._started_ray:
+            remote_options.setdefault("runtime_env", self._runtime_env)
+        return RayBackend(
+            blob,
+            digest,
+            unpack=options.unpack,
+            timeout=options.timeout,
+            batched=options.batched,
+            remote_options=remote_options,
+        )
+
+    def _checkpoint(self) -> PickleFileStore | None:
+        if self.checkpoint_path is None:
+            return None
+        if self._store is None:
+            self._store = PickleFileStore(
+                self.checkpoint_path, every=self._options.checkpoint_every
+            )
+        return self._store
+
+    def _run(
+        self,
+        method: str,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None,
+        safe_exceptions: bool,
+        keep_order: bool,
+        ret_args: bool,
+        max_pending: int | None = None,
+        **limits: Any,
+    ) -> tuple[_MapRun, int | None]:
+        options = dataclasses.replace(
+            self._options,
+            timeout=timeout,
+            safe_exceptions=bool(safe_exceptions),
+            keep_order=bool(keep_order),
+            ret_args=bool(ret_args),
+            max_pending=self._options.max_pending if max_pending is None else max_pending,
+        )
+        try:
+            iterator = iter(iterable)
+        except TypeError:
+            raise TypeError(
+                f"RayMap.{method}() needs an iterable of items, got {type(iterable).__name__}"
+            ) from None
+        total = _length(iterable)
+        store = self._checkpoint()
+        run = _MapRun(
+            iterator,
+            total,
+            options,
+            self._backend(options),
+            store=store,
+            on_error=self._on_error,
+            **limits,
+        )
+        return run, total
+
+    # -- the seed's API ----------------------------------------------------------------------
+
+    def imap(
+        self,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        safe_exceptions: bool = False,
+        keep_order: bool = True,
+        ret_args: bool = False,
+    ) -> MapIterator:
+        """Lazily map ``fn`` over ``iterable``, yielding results as a stream.
+
+        The input is read only as far ahead as the window of batches in flight allows, so
+        an endless generator works.
+
+        Args:
+            iterable: the items.
+            timeout: seconds one item may run; it then ends as a ``TaskTimeoutError`` (also
+                a ``TimeoutError``) and its worker moves on to the next item.
+            safe_exceptions: yield an item's exception as its result instead of raising
+                it. The exception keeps its type; ``__cause__`` holds the worker traceback.
+            keep_order: yield in input order (``True``) or as results arrive.
+            ret_args: yield ``(item, result)`` pairs.
+
+        Returns:
+            An iterator of results. Closing or dropping it cancels the work in flight.
+
+        Raises:
+            TypeError: ``iterable`` is not iterable.
+            ValueError: ``timeout`` is not a positive number.
+            SerializationError: ``fn`` cannot be serialized.
+            ClusterUnreachableError: ``address`` cannot be reached.
+            Exception: without ``safe_exceptions``, the first failed item's exception
+                (in input order when ordered), after which the rest is cancelled.
+        """
+        run, _ = self._run(
+            "imap",
+            iterable,
+            timeout=timeout,
+            safe_exceptions=safe_exceptions,
+            keep_order=keep_order,
+            ret_args=ret_args,
+        )
+        return MapIterator(run)
+
+    def map(
+        self,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        safe_exceptions: bool = False,
+        keep_order: bool = True,
+        ret_args: bool = False,
+    ) -> list[Any]:
+        """``list(self.imap(...))``: same arguments, results in a list."""
+        return list(
+            self.imap(
+                iterable,
+                timeout=timeout,
+                safe_exceptions=safe_exceptions,
+                keep_order=keep_order,
+                ret_args=ret_args,
+            )
+        )
+
+    def imap_async(
+        self,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        safe_exceptions: bool = False,
+        keep_order: bool = True,
+        ret_args: bool = False,
+    ) -> AsyncIterator[Any]:
+        """``imap`` as an async iterator: waiting for results never blocks the event loop
+        (it awaits Ray's futures; no thread). Cancelling the consuming task, or closing
+        the iterator, cancels the work in flight. Arguments as ``imap``.
+
+        Not to be confused with ``multiprocessing.Pool.map_async``: this is asyncio.
+        """
+        run, _ = self._run(
+            "imap_async",
+            iterable,
+            timeout=timeout,
+            safe_exceptions=safe_exceptions,
+            keep_order=keep_order,
+            ret_args=ret_args,
+        )
+        return _aiterate(run)
+
+    async def map_async(
+        self,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        safe_exceptions: bool = False,
+        keep_order: bool = True,
+        ret_args: bool = False,
+    ) -> list[Any]:
+        """Coroutine: the results of ``imap_async`` in a list. Arguments as ``imap``."""
+        stream = self.imap_async(
+            iterable,
+            timeout=timeout,
+            safe_exceptions=safe_exceptions,
+            keep_order=keep_order,
+            ret_args=ret_args,
+        )
+        return [item async for item in stream]
+
+    # -- ray-map 1.0.3 compatibility ------------------------------------------------------
+
+    def _stream_run(
+        self,
+        method: str,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None,
+        safe_exceptions: bool,
+        ret_args: bool,
+        keep_order: bool,
+        ordered_window: int | None,
+        limit: int | None,
+        time_budget: float | None,
+        stop: StopCondition | None,
+        max_pending: int | None,
+    ) -> _MapRun:
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+            try:
+                iterable = itertools.islice(iterable, limit)
+            except TypeError:
+                raise TypeError(
+                    f"RayMap.{method}() needs an iterable of items, got {type(iterable).__name__}"
+                ) from None
+        if ordered_window is not None and (not isinstance(ordered_window, int) or ordered_window < 1):
+            raise ValueError(f"ordered_window must be an int >= 1 or None, got {ordered_window!r}")
+        stopped = _stop_predicate(stop)
+        halt_input = stopped
+        if time_budget is not None:
+            if not isinstance(time_budget, (int, float)) or time_budget < 0:
+                raise ValueError(f"time_budget must be seconds >= 0 or None, got {time_budget!r}")
+            deadline = time.monotonic() + time_budget
+
+            def halt_input() -> bool:
+                return time.monotonic() >= deadline or (stopped is not None and stopped())
+
+        run, _ = self._run(
+            method,
+            iterable,
+            timeout=timeout,
+            safe_exceptions=safe_exceptions,
+            keep_order=keep_order,
+            ret_args=ret_args,
+            max_pending=max_pending,
+            halt_input=halt_input,
+            halt_output=stopped,
+            max_buffered_items=ordered_window if keep_order else None,
+        )
+        return run
+
+    def imap_stream(
+        self,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        safe_exceptions: bool = False,
+        ret_args: bool = False,
+        keep_order: bool = False,
+        ordered_window: int | None = None,
+        limit: int | None = None,
+        time_budget: float | None = None,
+        stop: StopCondition | None = None,
+        max_pending: int | None = None,
+    ) -> MapIterator:
+        """``imap`` for endless streams, as ray-map has it (as-ready by default).
+
+        Every ``imap`` call already streams with bounded memory; this adds ways to stop.
+
+        Args:
+            keep_order: as ``imap``, but ``False`` by default.
+            ordered_window: in ordered mode, at most this many finished items wait for a
+                slower one before no more input is read.
+            limit: read at most this many items (so at most this many results).
+            time_budget: seconds; after it no more input is read, and what is in flight is
+                still yielded.
+            stop: a callable or ``threading.Event``; once true, no more input is read and
+                nothing more is yielded (work in flight is cancelled).
+            max_pending: overrides the window for this call.
+            timeout, safe_exceptions, ret_args: as ``imap``.
+        """
+        return MapIterator(
+            self._stream_run(
+                "imap_stream",
+                iterable,
+                timeout=timeout,
+                safe_exceptions=safe_exceptions,
+                ret_args=ret_args,
+                keep_order=keep_order,
+                ordered_window=ordered_window,
+                limit=limit,
+                time_budget=time_budget,
+                stop=stop,
+                max_pending=max_pending,
+            )
+        )
+
+    def imap_stream_async(
+        self,
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        safe_exceptions: bool = False,
+        ret_args: bool = False,
+        keep_order: bool = False,
+        ordered_window: int | None = None,
+        limit: int | None = None,
+        time_budget: float | None = None,
+        stop: StopCondition | None = None,
+        max_pending: int | None = None,
+        queue_maxsize: int | None = None,
+    ) -> AsyncIterator[Any]:
+        """``imap_stream`` as an async iterator. ``queue_maxsize`` is accepted for
+        ray-map compatibility and unused: nothing is queued beyond the window."""
+        return _aiterate(
+            self._stream_run(
+                "imap_stream_async",
+                iterable,
+                timeout=timeout,
+                safe_exceptions=safe_exceptions,
+                ret_args=ret_args,
+                keep_order=keep_order,
+                ordered_window=ordered_window,
+                limit=limit,
+                time_budget=time_budget,
+                stop=stop,
+                max_pending=max_pending,
+            )
+        )
+
+    def submit(self, iterable: Iterable[Any]) -> RayMapIterator:
+        """ray-map's ``submit``: ``(item, result_or_exception)`` pairs as they finish, with
+        ``len()`` when the input has one."""
+        return self.submit_safe(iterable)
+
+    def submit_safe(
+        self, iterable: Iterable[Any], *, timeout: float | None = None
+    ) -> RayMapIterator:
+        """``submit`` with a per-item ``timeout``."""
+        run, total = self._run(
+            "submit",
+            iterable,
+            timeout=timeout,
+            safe_exceptions=True,
+            keep_order=False,
+            ret_args=True,
+        )
+        return RayMapIterator(run, total)
+
+    @classmethod
+    def collect(
+        cls, fn: Callable[..., Any], iterable: Iterable[Any], *, batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Any, Any]]:
+        """ray-map's ``collect``: ``[(item, result_or_exception), ...]`` in input order."""
+        rmap = cls(fn, batch_size=batch_size, **kwargs)
+        return rmap.map(iterable, safe_exceptions=True, keep_order=True, ret_args=True)
+
+    @classmethod
+    async def acollect(
+        cls, fn: Callable[..., Any], iterable: Iterable[Any], *, batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Any, Any]]:
+        """``collect`` as a coroutine."""
+        rmap = cls(fn, batch_size=batch_size, **kwargs)
+        return await rmap.map_async(iterable, safe_exceptions=True, keep_order=True, ret_args=True)

@@ -1,0 +1,142 @@
+"""Exceptions raised by raypool itself.
+
+Every class subclasses the stdlib type a user of ``multiprocessing`` or
+``concurrent.futures`` already catches, so that switching the import does not
+change which ``except`` clause fires::
+
+    RayPoolError(Exception)                         base for everything raypool raises itself
+    ├─ BrokenPoolError(RayPoolError, BrokenProcessPool)
+    │                                               Ray failed under a task (worker or node lost);
+    │                                               ``__cause__`` is the Ray error
+    ├─ TaskTimeoutError(RayPoolError, multiprocessing.TimeoutError,
+    │                   concurrent.futures.TimeoutError, TimeoutError)
+    │                                               an item ran longer than its ``timeout``
+    ├─ SerializationError(RayPoolError, pickle.PicklingError)
+    │                                               dill could not serialize the callable
+    ├─ CheckpointError(RayPoolError)                the checkpoint store is unusable
+    ├─ BatchLengthError(RayPoolError, ValueError)   a batched function returned the wrong count
+    ├─ RemoteError(RayPoolError)                    an exception that could not be sent back
+    └─ ClusterUnreachableError(RayPoolError, ConnectionError)
+                                                    ``address=`` names no reachable Ray cluster
+    RemoteTraceback(Exception)                      never raised: the worker-side traceback,
+                                                    attached as ``__cause__`` of the user's error
+
+This module imports nothing from raypool and nothing outside the standard library.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import pickle
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "BatchLengthError",
+    "BrokenPoolError",
+    "CheckpointError",
+    "ClusterUnreachableError",
+    "RayPoolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+]
+
+
+class RayPoolError(Exception):
+    """Base class of the exceptions raypool raises itself."""
+
+
+class BrokenPoolError(RayPoolError, BrokenProcessPool):
+    """Ray failed under a task: a worker process or node was lost, or Ray itself broke.
+
+    The Ray exception is the ``__cause__``.
+    """
+
+
+def _timeout_bases() -> tuple[type[BaseException], ...]:
+    # On Python 3.10 concurrent.futures.TimeoutError is its own class; from 3.11 on it is
+    # the builtin. Listing a class twice in the bases is an error, so deduplicate.
+    bases: list[type[BaseException]] = [RayPoolError, multiprocessing.TimeoutError]
+    for cls in (concurrent.futures.TimeoutError, TimeoutError):
+        if cls not in bases:
+            bases.append(cls)
+    return tuple(bases)
+
+
+class TaskTimeoutError(*_timeout_bases()):  # type: ignore[misc]
+    """An item ran longer than the ``timeout`` it was given.
+
+    It is an instance of the builtin ``TimeoutError``, of ``concurrent.futures.TimeoutError``
+    and of ``multiprocessing.TimeoutError``, so existing ``except`` clauses keep working.
+    """
+
+    def __init__(self, message: str = "item timed out") -> None:
+        # OSError (the builtin TimeoutError's base) would read a 2-tuple of args as
+        # (errno, strerror): keep exactly one argument so str() and pickling stay plain.
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[TaskTimeoutError], tuple[str]]:
+        return type(self), (str(self.args[0]) if self.args else "item timed out",)
+
+
+class SerializationError(RayPoolError, pickle.PicklingError):
+    """An object could not be serialized to be shipped to the workers."""
+
+
+class CheckpointError(RayPoolError):
+    """The checkpoint store could not be read or written."""
+
+
+class BatchLengthError(RayPoolError, ValueError):
+    """A function mapped with ``batched=True`` returned a list of the wrong length."""
+
+
+class RemoteError(RayPoolError):
+    """An exception raised in a worker that could not be sent back as itself.
+
+    Raised (or returned under ``safe_exceptions``) in place of the original exception when
+    that exception cannot be pickled. It keeps what can be kept.
+
+    Attributes:
+        type_name: qualified name of the original exception's type.
+        message: ``str()`` of the original exception.
+        traceback_text: the worker-side traceback, formatted.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message} (the exception could not be pickled)"
+
+
+class ClusterUnreachableError(RayPoolError, ConnectionError):
+    """``address=`` names a Ray cluster that cannot be reached."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception as formatted in the worker.
+
+    Never raised: raypool sets it as the ``__cause__`` of the user's own exception, as
+    ``concurrent.futures.ProcessPoolExecutor`` does, so the worker-side frames show up
+    under "The above exception was the direct cause of the following exception".
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def attach_remote_traceback(exc: BaseException, tb: str) -> BaseException:
+    """Return ``exc`` with ``tb`` (worker-side traceback text) attached as its cause."""
+    if tb:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc

@@ -1,0 +1,139 @@
+"""Ray's lifecycle and Ray's errors: the one place that decides when ``ray.init`` runs.
+
+* ``ensure_ray`` starts a quiet local Ray (no dashboard) on first use, or connects to
+  ``address``; a Ray that is already initialized is used as it is and never re-initialized
+  or shut down by raypool. An ``address`` that cannot be reached fails within seconds with
+  ``ClusterUnreachableError`` (``ray.init`` itself would retry for minutes) and never falls
+  back to a local instance.
+* ``translate_ray_error`` maps a Ray exception raised for a whole batch to the exception
+  each of its items reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import ray
+import ray.exceptions
+
+from ._errors import BrokenPoolError, ClusterUnreachableError, RemoteError
+
+__all__ = ["check_reachable", "cluster_cpus", "ensure_ray", "translate_ray_error"]
+
+#: Seconds to wait for a TCP connection to ``address`` before calling it unreachable.
+CONNECT_TIMEOUT = 5.0
+
+#: Port of a Ray head's GCS, when ``address`` names a host only.
+DEFAULT_GCS_PORT = 6379
+#: Port of the Ray Client server, for ``ray://host`` addresses without a port.
+DEFAULT_CLIENT_PORT = 10001
+
+_init_lock = threading.Lock()
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an explicit address, or ``None`` for ``"auto"``/``"local"``."""
+    if address in ("auto", "local"):
+        return None
+    if "://" in address:
+        parts = urlsplit(address)
+        default = DEFAULT_CLIENT_PORT if parts.scheme == "ray" else DEFAULT_GCS_PORT
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname:
+            return None
+        return parts.hostname, port or default
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        return address, DEFAULT_GCS_PORT
+    try:
+        return host.strip("[]"), int(port_text)
+    except ValueError:
+        raise ClusterUnreachableError(f"cannot read a port in Ray address {address!r}") from None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise ``ClusterUnreachableError`` unless a TCP connection to ``address`` opens.
+
+    ``"auto"`` and ``"local"`` are left to Ray, which fails fast for them.
+    """
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as exc:
+        host, port = target
+        raise ClusterUnreachableError(
+            f"no Ray cluster answers at {address!r} ({host}:{port}: {exc}); start one with "
+            "`ray start --head`, or pass address=None for a local instance"
+        ) from exc
+
+
+def ensure_ray(
+    address: str | None = None,
+    *,
+    password: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> bool:
+    """Make sure this process is connected to Ray.
+
+    Args:
+        address: cluster to connect to; ``None`` starts a local instance (or uses the one
+            ``RAY_ADDRESS`` names, as ``ray.init`` does).
+        password: the legacy Redis password of that cluster (never logged).
+        runtime_env: the job's runtime environment, used only if this call starts Ray.
+
+    Returns:
+        ``True`` if this call initialized Ray, ``False`` if it was already initialized.
+
+    Raises:
+        ClusterUnreachableError: ``address`` cannot be reached.
+    """
+    with _init_lock:
+        if ray.is_initialized():
+            return False
+        target = address or os.environ.get("RAY_ADDRESS")
+        if target:
+            check_reachable(target)
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+        }
+        if address:
+            kwargs["address"] = address
+        if password:
+            kwargs["_redis_password"] = password
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
+        ray.init(**kwargs)
+        return True
+
+
+def cluster_cpus() -> int:
+    """CPUs of the whole Ray cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:
+    """The ``(exception, traceback text)`` each item of a batch reports when ``exc`` (raised
+    by Ray for the whole batch) ended it."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        tb = str(exc)
+        if isinstance(cause, BaseException) and not isinstance(cause, KeyboardInterrupt):
+            return cause, tb
+        return RemoteError(type(exc).__name__, "the task failed", tb), tb
+    if isinstance(exc, ray.exceptions.RayError):
+        error = BrokenPoolError(f"Ray lost the task running this item: {exc}")
+        error.__cause__ = exc
+        return error, ""
+    return exc, ""

@@ -1,0 +1,291 @@
+"""Code that runs a batch of items: inside a Ray task, or in the caller's process.
+
+``run_batch`` is plain Python (sequential mode calls it directly); ``execute_batch`` is the
+Ray task around it. User code runs in the process's main thread, one item at a time, as it
+does under ``multiprocessing``.
+
+Per-item timeouts and prompt cancellation share one mechanism, ``_Watchdog``: while a batch
+runs, ``SIGALRM`` fires at the running item's deadline and then every ``TICK_SECONDS``.
+
+* At the deadline the handler raises ``_ItemTimeout`` (a ``BaseException``, so a user's
+  ``except Exception`` cannot swallow it) inside the user's code, wherever it is - in pure
+  Python or in a blocking call such as ``time.sleep`` - the item becomes a
+  ``TaskTimeoutError`` and the rest of the batch runs. The worker is never left busy.
+* ``ray.cancel`` (never ``force=True``, see ``_backend``) asks Ray to raise
+  ``KeyboardInterrupt`` in this thread, but Ray only sets a flag, which Python reads when it
+  next runs bytecode; a thread sleeping in C would not see it for as long as it sleeps. The
+  periodic tick wakes such calls, so a cancelled task stops within ``TICK_SECONDS``.
+
+Limits: C code that neither returns nor checks for signals (a long BLAS call) is stopped
+when it returns; user code must not use ``SIGALRM``/``ITIMER_REAL`` itself. Off the main
+thread (sequential mode called from a thread) no signal can be used: an item that overran
+its timeout is then reported as timed out when it returns.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+import ray
+import ray.cloudpickle
+
+from ._config import Unpack
+from ._errors import BatchLengthError, RemoteError, TaskTimeoutError
+from ._outcome import BatchResult, ItemError
+from ._serialization import loads_callable
+
+__all__ = ["TICK_SECONDS", "execute_batch", "run_batch"]
+
+#: While a batch runs, SIGALRM fires this often. Lower makes a cancelled task stop sooner;
+#: each tick interrupts the user's code briefly.
+TICK_SECONDS = 0.2
+
+#: Deserialized callables a worker process keeps, most recently used last. A callable is
+#: shipped once per map call; this cache makes it deserialized once per worker process.
+CALLABLE_CACHE_SIZE = 16
+
+
+class _ItemTimeout(BaseException):
+    """Raised by the SIGALRM handler inside the item that passed its deadline."""
+
+
+class _Watchdog:
+    """The SIGALRM deadline and tick of one batch (a no-op off the main thread)."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.active = False
+        self._previous: Any = None
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        deadline = self.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _ItemTimeout
+
+    def __enter__(self) -> _Watchdog:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            # Restart interrupted read()/write() in C libraries; sleeps and waits are
+            # interrupted regardless (signal(7)), which is what the tick is for.
+            signal.siginterrupt(signal.SIGALRM, False)
+            signal.setitimer(signal.ITIMER_REAL, TICK_SECONDS, TICK_SECONDS)
+            self.active = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.deadline = None
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+            self.active = False
+
+    def arm(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, timeout, TICK_SECONDS)
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _timeout_error(exc: BaseException, timeout: float) -> ItemError:
+    error = TaskTimeoutError(f"item did not finish within its timeout of {timeout:g} s")
+    return error, _format(exc)
+
+
+def _caller(fn: Callable[..., Any], unpack: Unpack) -> Callable[[Any], Any]:
+    if unpack == "none":
+        return fn
+    if unpack == "args":
+        return lambda item: fn(*item)
+    if unpack == "kwargs":
+        return lambda item: fn(**item)
+
+    def auto(item: Any) -> Any:
+        if isinstance(item, tuple):
+            return fn(*item)
+        if isinstance(item, dict):
+            return fn(**item)
+        return fn(item)
+
+    return auto
+
+
+def run_batch(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    *,
+    unpack: Unpack = "auto",
+    timeout: float | None = None,
+    batched: bool = False,
+) -> BatchResult:
+    """Run ``fn`` over ``items`` in this thread, one item at a time.
+
+    An item's exception (or timeout) is recorded against that item and the batch goes on.
+    With ``batched=True`` the whole list is one call, ``fn(list(items))``, which must return
+    a list of the same length; a timeout or exception then applies to every item.
+
+    Returns:
+        A ``BatchResult`` with one value per item.
+    """
+    if batched:
+        return _run_batched(fn, items, timeout)
+    call = _caller(fn, unpack)
+    values: list[Any] = []
+    errors: dict[int, ItemError] | None = None
+    timeouts: set[int] | None = None
+    with _Watchdog() as watchdog:
+        started = time.perf_counter()
+        if timeout is None:
+            # The hot path for tiny items: no per-item clock, and the try is entered once
+            # per failure rather than once per item (the iterator resumes after a failure).
+            append = values.append
+            remaining = iter(items)
+            while True:
+                try:
+                    for item in remaining:
+                        append(call(item))
+                    break
+                except Exception as exc:
+                    errors = errors or {}
+                    errors[len(values)] = (exc, _format(exc))
+                    append(None)
+        else:
+            for position, item in enumerate(items):
+                item_started = time.monotonic()
+                try:
+                    try:
+                        watchdog.arm(timeout)
+                        value = call(item)
+                    finally:
+                        watchdog.deadline = None
+                    if not watchdog.active and time.monotonic() - item_started > timeout:
+                        raise _ItemTimeout
+                    values.append(value)
+                except _ItemTimeout as exc:
+                    watchdog.deadline = None
+                    values.append(None)
+                    errors = errors or {}
+                    errors[position] = _timeout_error(exc, timeout)
+                    timeouts = timeouts or set()
+                    timeouts.add(position)
+                except Exception as exc:
+                    watchdog.deadline = None
+                    values.append(None)
+                    errors = errors or {}
+                    errors[position] = (exc, _format(exc))
+        seconds = time.perf_counter() - started
+    return BatchResult(values, errors, seconds, frozenset(timeouts) if timeouts else None)
+
+
+def _run_batched(fn: Callable[..., Any], items: Sequence[Any], timeout: float | None) -> BatchResult:
+    size = len(items)
+    started = time.perf_counter()
+    error: ItemError | None = None
+    timed_out = False
+    values: Any = None
+    with _Watchdog() as watchdog:
+        try:
+            try:
+                if timeout is not None:
+                    watchdog.arm(timeout)
+                values = fn(list(items))
+            finally:
+                watchdog.deadline = None
+            if timeout is not None and not watchdog.active:
+                if time.perf_counter() - started > timeout:
+                    raise _ItemTimeout
+        except _ItemTimeout as exc:
+            assert timeout is not None
+            error, timed_out = _timeout_error(exc, timeout), True
+        except Exception as exc:
+            error = (exc, _format(exc))
+    seconds = time.perf_counter() - started
+    if error is None:
+        try:
+            values = list(values)
+        except TypeError as exc:
+            error = (BatchLengthError(f"a batched function must return a list, got {exc}"), "")
+        else:
+            if len(values) != size:
+                message = (
+                    f"the batched function returned {len(values)} results for a batch of "
+                    f"{size} items"
+                )
+                error = (BatchLengthError(message), "")
+    if error is None:
+        return BatchResult(values, None, seconds)
+    return BatchResult(
+        [None] * size,
+        dict.fromkeys(range(size), error),
+        seconds,
+        frozenset(range(size)) if timed_out else None,
+    )
+
+
+_callables: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+
+
+def _resolve(digest: str, box: list[Any]) -> Callable[..., Any]:
+    """The callable ``digest`` names, from this process's cache or the object store.
+
+    ``box`` holds the ObjectRef of the serialized callable inside a list, so that Ray does
+    not fetch it for every task: only a cache miss reads it.
+    """
+    fn = _callables.get(digest)
+    if fn is None:
+        fn = loads_callable(ray.get(box[0]))
+        _callables[digest] = fn
+        while len(_callables) > CALLABLE_CACHE_SIZE:
+            _callables.popitem(last=False)
+    else:
+        _callables.move_to_end(digest)
+    return fn
+
+
+def _portable(error: ItemError) -> ItemError:
+    """``error`` itself if it survives a pickle round trip, else a ``RemoteError``."""
+    exc, tb = error
+    try:
+        ray.cloudpickle.loads(ray.cloudpickle.dumps(exc))
+    except Exception:
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<str() failed>"
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        return RemoteError(name, message, tb), tb
+    return error
+
+
+def _execute_batch(
+    digest: str,
+    box: list[Any],
+    items: list[Any],
+    unpack: Unpack,
+    timeout: float | None,
+    batched: bool,
+) -> BatchResult:
+    fn = _resolve(digest, box)
+    result = run_batch(fn, items, unpack=unpack, timeout=timeout, batched=batched)
+    if result.errors:
+        portable = {position: _portable(error) for position, error in result.errors.items()}
+        result = result._replace(errors=portable)
+    return result
+
+
+#: The Ray task that runs one batch. Defined at import; Ray needs no ``init`` for that.
+execute_batch = ray.remote(_execute_batch)

@@ -1,0 +1,94 @@
+"""Module-level functions the tests map: importable by workers, picklable by reference."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fail_on(x: Any, bad: Any = 3) -> Any:
+    if x == bad:
+        raise ValueError(f"bad item {x!r}")
+    return x
+
+
+def sleep_then(x: Any, seconds: float) -> Any:
+    time.sleep(seconds)
+    return x
+
+
+def hang_on(x: int, hang: tuple[int, ...] = (5, 17)) -> int:
+    """Sleeps for an hour on the items in ``hang``, returns the others at once."""
+    if x in hang:
+        time.sleep(3600)
+    return x
+
+
+def spin_on(x: int, hang: tuple[int, ...] = (5,)) -> int:
+    """Busy-loops in pure Python (never sleeping) on the items in ``hang``."""
+    if x in hang:
+        while True:
+            pass
+    return x
+
+
+def pid_of(_: Any) -> int:
+    return os.getpid()
+
+
+def log_call(path: str, x: Any) -> Any:
+    """Appends ``x`` to ``path`` (one line per call), returns it."""
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def count_lines(path: str | Path) -> int:
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+class Unpicklable(Exception):
+    """An exception carrying a lock: it cannot be pickled back to the driver."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        import threading
+
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(x: Any) -> Any:
+    raise Unpicklable(f"cannot travel {x}")
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles, but cannot be unpickled (its __init__ wants two arguments)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_needs_two(x: Any) -> Any:
+    raise NeedsTwoArgs("a", str(x))
+
+
+def vector_double(batch: list[int]) -> list[int]:
+    return [2 * x for x in batch]
+
+
+def vector_drop_one(batch: list[int]) -> list[int]:
+    return [2 * x for x in batch[1:]]

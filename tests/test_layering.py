@@ -1,0 +1,61 @@
+"""Imports point one way: the engine never imports the facade; pure modules import no Ray."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "raypool"
+
+# module -> raypool modules it may import
+ALLOWED = {
+    "_version": set(),
+    "_errors": set(),
+    "_config": set(),
+    "_outcome": set(),
+    "_serialization": {"_errors"},
+    "_batching": set(),
+    "_store": {"_errors", "_outcome"},
+    "_runtime": {"_errors"},
+    "_worker": {"_config", "_errors", "_outcome", "_serialization"},
+    "_backend": {"_config", "_outcome", "_runtime", "_worker"},
+    "_engine": {
+        "_backend", "_batching", "_config", "_errors", "_outcome", "_runtime",
+        "_serialization", "_store",
+    },
+}
+RAY_FREE = {"_version", "_errors", "_config", "_outcome", "_serialization", "_batching", "_store"}
+
+
+def _imports(module: str) -> tuple[set[str], set[str]]:
+    tree = ast.parse((SRC / f"{module}.py").read_text())
+    internal, external = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                internal.add((node.module or "").split(".")[0])
+            elif node.module:
+                external.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            external.update(alias.name.split(".")[0] for alias in node.names)
+    return internal, external
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_import_direction(module: str) -> None:
+    internal, external = _imports(module)
+    assert internal <= ALLOWED[module], internal - ALLOWED[module]
+    if module in RAY_FREE:
+        assert "ray" not in external
+
+
+def test_every_module_is_listed() -> None:
+    modules = {p.stem for p in SRC.glob("_*.py")} - {"__init__"}
+    assert modules == set(ALLOWED)
+
+
+def test_dill_only_in_serialization() -> None:
+    users = {m for m in ALLOWED if "dill" in _imports(m)[1]}
+    assert users == {"_serialization"}

@@ -1,0 +1,132 @@
+"""run_batch in this process: the code every Ray task runs, tested without Ray."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from raypool import BatchLengthError, TaskTimeoutError
+from raypool._worker import run_batch
+
+
+def test_values_in_order_and_errors_by_position() -> None:
+    def f(x: int) -> int:
+        if x % 3 == 0:
+            raise ValueError(x)
+        return x * 10
+
+    result = run_batch(f, [1, 2, 3, 4, 6, 7])
+    assert result.values == [10, 20, None, 40, None, 70]
+    assert result.errors is not None
+    assert sorted(result.errors) == [2, 4]
+    exc, tb = result.errors[2]
+    assert isinstance(exc, ValueError)
+    assert "in f" in tb
+    assert result.timeouts is None
+
+
+@pytest.mark.parametrize(
+    ("unpack", "items", "expected"),
+    [
+        ("auto", [(1, 2), {"a": 3, "b": 4}, 5], [(1, 2), (3, 4), (5, None)]),
+        ("none", [(1, 2)], [((1, 2), None)]),
+        ("args", [[1, 2]], [(1, 2)]),
+        ("kwargs", [{"a": 1}], [(1, None)]),
+    ],
+)
+def test_calling_conventions(unpack: str, items: list[object], expected: list[object]) -> None:
+    def f(a: object, b: object = None) -> tuple[object, object]:
+        return a, b
+
+    assert run_batch(f, items, unpack=unpack).values == expected  # type: ignore[arg-type]
+
+
+def test_timeout_interrupts_a_sleeping_item_and_the_batch_goes_on() -> None:
+    def f(x: float) -> float:
+        time.sleep(x)
+        return x
+
+    started = time.monotonic()
+    result = run_batch(f, [0.0, 30.0, 0.0], timeout=0.3)
+    assert time.monotonic() - started < 10
+    assert result.values == [0.0, None, 0.0]
+    assert result.errors is not None
+    exc, tb = result.errors[1]
+    assert isinstance(exc, TaskTimeoutError)
+    assert "time.sleep" in tb  # where the item was when it was stopped
+    assert result.timeouts == frozenset({1})
+
+
+def test_timeout_interrupts_pure_python_and_cannot_be_swallowed() -> None:
+    def stubborn(_: object) -> None:
+        while True:
+            try:
+                while True:
+                    pass
+            except Exception:  # a user's broad except does not catch the timeout
+                pass
+
+    result = run_batch(stubborn, [1], timeout=0.2)
+    assert result.errors is not None
+    assert isinstance(result.errors[0][0], TaskTimeoutError)
+
+
+def test_each_item_has_its_own_clock() -> None:
+    def f(x: float) -> float:
+        time.sleep(x)
+        return x
+
+    # Four items of 0.2 s with a 0.5 s timeout: the batch takes longer than the timeout,
+    # no item does.
+    result = run_batch(f, [0.2] * 4, timeout=0.5)
+    assert result.errors is None
+    assert result.values == [0.2] * 4
+
+
+def test_signal_state_is_restored() -> None:
+    before = signal.getsignal(signal.SIGALRM)
+    run_batch(lambda x: x, [1, 2], timeout=1)
+    assert signal.getsignal(signal.SIGALRM) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_off_the_main_thread_an_overrun_is_reported_after_the_fact() -> None:
+    out = {}
+
+    def work() -> None:
+        out["result"] = run_batch(lambda x: time.sleep(x) or x, [0.4, 0.0], timeout=0.1)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    result = out["result"]
+    assert result.errors is not None
+    assert isinstance(result.errors[0][0], TaskTimeoutError)
+    assert result.values[1] == 0.0
+
+
+def test_batched_function_gets_the_list() -> None:
+    result = run_batch(lambda xs: [x + 1 for x in xs], [1, 2, 3], batched=True)
+    assert result.values == [2, 3, 4]
+    assert result.errors is None
+
+
+def test_batched_length_mismatch_fails_every_item_clearly() -> None:
+    result = run_batch(lambda xs: xs[:-1], [1, 2, 3], batched=True)
+    assert result.errors is not None
+    assert sorted(result.errors) == [0, 1, 2]
+    exc = result.errors[0][0]
+    assert isinstance(exc, BatchLengthError)
+    assert "2 results for a batch of 3" in str(exc)
+
+
+def test_batched_exception_applies_to_the_batch() -> None:
+    def f(xs: list[int]) -> list[int]:
+        raise KeyError("model not loaded")
+
+    result = run_batch(f, [1, 2], batched=True)
+    assert result.errors is not None
+    assert all(isinstance(result.errors[i][0], KeyError) for i in (0, 1))
