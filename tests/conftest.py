@@ -8,7 +8,6 @@ and shuts it down at the end.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,15 +33,3 @@ def ray_cluster() -> Iterator[None]:
     )
     yield
     ray.shutdown()
-
-
-def wait_until_idle(timeout: float = 30.0) -> bool:
-    """Whether every CPU of the cluster is free again within ``timeout`` seconds."""
-    import ray
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0) >= CPUS:
-            return True
-        time.sleep(0.05)
-    return False

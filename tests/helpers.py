@@ -92,3 +92,15 @@ def vector_double(batch: list[int]) -> list[int]:
 
 def vector_drop_one(batch: list[int]) -> list[int]:
     return [2 * x for x in batch[1:]]
+
+
+def wait_until_idle(timeout: float = 30.0, cpus: int = 2) -> bool:
+    """Whether every CPU of the cluster is free again within ``timeout`` seconds."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= cpus:
+            return True
+        time.sleep(0.05)
+    return False

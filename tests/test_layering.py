@@ -22,8 +22,14 @@ ALLOWED = {
     "_worker": {"_config", "_errors", "_outcome", "_serialization"},
     "_backend": {"_config", "_outcome", "_runtime", "_worker"},
     "_engine": {
-        "_backend", "_batching", "_config", "_errors", "_outcome", "_runtime",
-        "_serialization", "_store",
+        "_backend",
+        "_batching",
+        "_config",
+        "_errors",
+        "_outcome",
+        "_runtime",
+        "_serialization",
+        "_store",
     },
 }
 RAY_FREE = {"_version", "_errors", "_config", "_outcome", "_serialization", "_batching", "_store"}

@@ -45,6 +45,9 @@ class Backend(Protocol):
         """The outcome of a finished batch of ``size`` items. A failure of the whole task
         becomes a failure of each of its items; this never raises."""
 
+    def finished(self, handles: Sequence[Any]) -> list[Any]:
+        """Those of ``handles`` that are done, without waiting."""
+
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop the batches of ``handles``; their results are no longer wanted."""
 
@@ -106,15 +109,21 @@ class RayBackend:
         result: BatchResult = value
         return result
 
+    def finished(self, handles: Sequence[Any]) -> list[Any]:
+        if not handles:
+            return []
+        done, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0, fetch_local=False)
+        return list(done)
+
     def cancel(self, handles: Sequence[Any]) -> None:
         for ref in handles:
             future = self._futures.pop(ref, None)
             if future is not None:
                 future.cancel()
-        if not handles:
-            return
-        _, running = ray.wait(list(handles), num_returns=len(handles), timeout=0, fetch_local=False)
-        for ref in running:
+        done = set(self.finished(handles))
+        for ref in handles:
+            if ref in done:
+                continue
             try:
                 ray.cancel(ref, force=False)
             except Exception:  # noqa: S110 - finished or lost meanwhile: nothing to stop
@@ -163,6 +172,9 @@ class InlineBackend:
         task: _InlineTask = handle
         assert task.result is not None, "result() before wait()"
         return task.result
+
+    def finished(self, handles: Sequence[Any]) -> list[Any]:
+        return [task for task in handles if task.result is not None]
 
     def cancel(self, handles: Sequence[Any]) -> None:
         pass

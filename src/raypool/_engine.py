@@ -318,6 +318,10 @@ class _MapRun:
             return
         self._closed = True
         try:
+            if self._store is not None and self.in_flight:
+                # Results that finished but were never asked for still go to the checkpoint.
+                for handle in self.backend.finished(list(self.in_flight)):
+                    self.complete(handle)
             if self.in_flight:
                 self.backend.cancel(list(self.in_flight))
                 self.in_flight.clear()
@@ -772,7 +776,9 @@ class RayMap(Generic[R]):
                 raise TypeError(
                     f"RayMap.{method}() needs an iterable of items, got {type(iterable).__name__}"
                 ) from None
-        if ordered_window is not None and (not isinstance(ordered_window, int) or ordered_window < 1):
+        if ordered_window is not None and (
+            not isinstance(ordered_window, int) or ordered_window < 1
+        ):
             raise ValueError(f"ordered_window must be an int >= 1 or None, got {ordered_window!r}")
         stopped = _stop_predicate(stop)
         halt_input = stopped
@@ -898,7 +904,11 @@ class RayMap(Generic[R]):
 
     @classmethod
     def collect(
-        cls, fn: Callable[..., Any], iterable: Iterable[Any], *, batch_size: int | None = None,
+        cls,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        batch_size: int | None = None,
         **kwargs: Any,
     ) -> list[tuple[Any, Any]]:
         """ray-map's ``collect``: ``[(item, result_or_exception), ...]`` in input order."""
@@ -907,7 +917,11 @@ class RayMap(Generic[R]):
 
     @classmethod
     async def acollect(
-        cls, fn: Callable[..., Any], iterable: Iterable[Any], *, batch_size: int | None = None,
+        cls,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        batch_size: int | None = None,
         **kwargs: Any,
     ) -> list[tuple[Any, Any]]:
         """``collect`` as a coroutine."""

@@ -191,7 +191,9 @@ def run_batch(
     return BatchResult(values, errors, seconds, frozenset(timeouts) if timeouts else None)
 
 
-def _run_batched(fn: Callable[..., Any], items: Sequence[Any], timeout: float | None) -> BatchResult:
+def _run_batched(
+    fn: Callable[..., Any], items: Sequence[Any], timeout: float | None
+) -> BatchResult:
     size = len(items)
     started = time.perf_counter()
     error: ItemError | None = None

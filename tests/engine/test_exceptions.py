@@ -1,0 +1,113 @@
+"""Exceptions come back as themselves, with the worker traceback as __cause__."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+
+import pytest
+
+from helpers import (
+    NeedsTwoArgs,
+    Unpicklable,
+    fail_on,
+    raise_needs_two,
+    raise_unpicklable,
+    wait_until_idle,
+)
+from raypool import RayMap, RemoteError, RemoteTraceback
+
+
+def test_error_keeps_type_message_and_remote_traceback() -> None:
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        RayMap(fail_on).map(range(10))
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_on" in str(cause)
+    assert "raise ValueError" in str(cause)
+
+
+def test_ordered_mode_raises_the_first_error_in_input_order() -> None:
+    def two_errors(x: int) -> int:
+        if x == 2:
+            time.sleep(1.0)
+            raise KeyError("late but first")
+        if x == 6:
+            raise IndexError("early but second")
+        return x
+
+    got = []
+    with pytest.raises(KeyError, match="late but first"):
+        for value in RayMap(two_errors, batch_size=1).imap(range(10)):
+            got.append(value)
+    assert got == [0, 1]
+
+
+def test_unordered_mode_raises_on_arrival() -> None:
+    def two_errors(x: int) -> int:
+        if x == 0:
+            time.sleep(2.0)
+            raise KeyError("slow")
+        if x == 1:
+            raise IndexError("fast")
+        return x
+
+    with pytest.raises(IndexError, match="fast"):
+        RayMap(two_errors, batch_size=1).map(range(4), keep_order=False)
+
+
+def test_safe_exceptions_yield_the_exception_itself() -> None:
+    out = RayMap(fail_on, batch_size=2).map(range(6), safe_exceptions=True)
+    assert out[:3] == [0, 1, 2]
+    assert type(out[3]) is ValueError
+    assert str(out[3]) == "bad item 3"
+    assert isinstance(out[3].__cause__, RemoteTraceback)
+    assert out[4:] == [4, 5]
+
+
+def test_ret_args_with_errors() -> None:
+    out = RayMap(fail_on).map(range(5), safe_exceptions=True, ret_args=True)
+    assert [arg for arg, _ in out] == list(range(5))
+    assert isinstance(out[3][1], ValueError)
+
+
+@pytest.mark.parametrize(
+    ("fn", "type_name"),
+    [(raise_unpicklable, "Unpicklable"), (raise_needs_two, "NeedsTwoArgs")],
+)
+def test_exception_that_cannot_travel_becomes_remote_error(fn: object, type_name: str) -> None:
+    out = RayMap(fn).map([7], safe_exceptions=True)  # type: ignore[arg-type]
+    error = out[0]
+    assert isinstance(error, RemoteError)
+    assert error.type_name.endswith(type_name)
+    assert "7" in error.message
+    assert type_name in error.traceback_text
+    assert not isinstance(error, (Unpicklable, NeedsTwoArgs))
+
+
+def test_on_error_sees_each_failed_item() -> None:
+    seen: list[tuple[object, BaseException]] = []
+    lock = threading.Lock()
+
+    def record(arg: object, exc: BaseException) -> None:
+        with lock:
+            seen.append((arg, exc))
+
+    rmap = RayMap(functools.partial(fail_on, bad=4), on_error=record, batch_size=3)
+    out = rmap.map([1, 4, 2, 4, 5], safe_exceptions=True)
+    assert [type(v) for v in out] == [int, ValueError, int, ValueError, int]
+    assert sorted(arg for arg, _ in seen) == [4, 4]  # type: ignore[type-var]
+    assert all(isinstance(exc, ValueError) for _, exc in seen)
+
+
+def test_first_error_cancels_the_rest() -> None:
+    def slow_or_fail(x: int) -> int:
+        if x == 0:
+            raise ValueError("first")
+        time.sleep(3600)
+        return x
+
+    with pytest.raises(ValueError, match="first"):
+        RayMap(slow_or_fail, batch_size=1, max_pending=4).map(range(20))
+    assert wait_until_idle()
