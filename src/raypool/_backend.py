@@ -14,6 +14,7 @@ already finished are not cancelled at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -124,10 +125,8 @@ class RayBackend:
         for ref in handles:
             if ref in done:
                 continue
-            try:
+            with contextlib.suppress(Exception):
                 ray.cancel(ref, force=False)
-            except Exception:  # noqa: S110 - finished or lost meanwhile: nothing to stop
-                pass
 
     def close(self) -> None:
         self._box.clear()

@@ -69,16 +69,15 @@ class MapOptions:
                 f"max_pending must be an int >= 1, or -1 to size it from the cluster's CPUs, "
                 f"got {self.max_pending!r}"
             )
-        if self.timeout is not None:
-            if (
-                isinstance(self.timeout, bool)
-                or not isinstance(self.timeout, (int, float))
-                or not math.isfinite(self.timeout)
-                or self.timeout <= 0
-            ):
-                raise ValueError(
-                    f"timeout must be a positive number of seconds or None, got {self.timeout!r}"
-                )
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not math.isfinite(self.timeout)
+            or self.timeout <= 0
+        ):
+            raise ValueError(
+                f"timeout must be a positive number of seconds or None, got {self.timeout!r}"
+            )
         if self.unpack not in UNPACK_MODES:
             raise ValueError(f"unpack must be one of {UNPACK_MODES}, got {self.unpack!r}")
         for name in ("tail_batches_per_core", "tail_min_batch_size", "checkpoint_every"):

@@ -32,13 +32,13 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ._backend import Backend, InlineBackend, RayBackend
 from ._batching import BatchSizer
 from ._config import MapOptions, Unpack
-from ._errors import attach_remote_traceback
+from ._errors import BrokenPoolError, attach_remote_traceback
 from ._outcome import BatchResult, ItemError
 from ._runtime import ensure_ray
 from ._serialization import dumps_callable, item_key
@@ -232,13 +232,14 @@ class _MapRun:
             for index, (exc, _) in errors.items():
                 self._on_error(items[positions[index]], exc)
         if self._store is not None:
-            assert batch.keys is not None and batch.items is not None
+            assert batch.keys is not None
+            assert batch.items is not None
             for index, position in enumerate(positions):
-                error = errors.get(index)
-                if error is not None and (index in timeouts or _is_infrastructure(error)):
+                failure = errors.get(index)
+                if failure is not None and (index in timeouts or _is_infrastructure(failure)):
                     continue  # a resume retries timeouts and lost workers
                 value = result.values[index]
-                self._store.record(batch.keys[position], batch.items[position], value, error)
+                self._store.record(batch.keys[position], batch.items[position], value, failure)
 
     def _finish(self, batch: _Batch) -> None:
         self._done += batch.size
@@ -347,12 +348,10 @@ class _MapRun:
 
 
 def _is_infrastructure(error: ItemError) -> bool:
-    from ._errors import BrokenPoolError
-
     return isinstance(error[0], BrokenPoolError)
 
 
-def _iterate(run: _MapRun) -> Iterator[Any]:
+def _iterate(run: _MapRun) -> Generator[Any, None, None]:
     try:
         while True:
             run.fill()

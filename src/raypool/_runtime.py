@@ -120,7 +120,8 @@ def ensure_ray(
 
 def cluster_cpus() -> int:
     """CPUs of the whole Ray cluster (at least 1)."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return max(1, int(resources.get("CPU", 1)))
 
 
 def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:

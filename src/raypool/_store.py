@@ -2,8 +2,9 @@
 
 The engine talks to a store through ``CheckpointStore`` only. ``PickleFileStore`` keeps
 ray-map's layout (one pickle file holding ``(key, item, outcome)`` rows, rewritten
-atomically every ``checkpoint_every`` new items); its keys are raypool's own. It loads the whole file when
-opened and rewrites it whole, so it suits runs of thousands of items, not millions.
+atomically every ``checkpoint_every`` new items); its keys are raypool's own. It loads the
+whole file when opened and rewrites it whole, so it suits runs of thousands of items, not
+millions.
 """
 
 from __future__ import annotations

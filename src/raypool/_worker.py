@@ -207,9 +207,9 @@ def _run_batched(
                 values = fn(list(items))
             finally:
                 watchdog.deadline = None
-            if timeout is not None and not watchdog.active:
-                if time.perf_counter() - started > timeout:
-                    raise _ItemTimeout
+            overran = timeout is not None and time.perf_counter() - started > timeout
+            if overran and not watchdog.active:
+                raise _ItemTimeout
         except _ItemTimeout as exc:
             assert timeout is not None
             error, timed_out = _timeout_error(exc, timeout), True
@@ -262,7 +262,7 @@ def _portable(error: ItemError) -> ItemError:
     """``error`` itself if it survives a pickle round trip, else a ``RemoteError``."""
     exc, tb = error
     try:
-        ray.cloudpickle.loads(ray.cloudpickle.dumps(exc))
+        ray.cloudpickle.loads(ray.cloudpickle.dumps(exc))  # type: ignore[no-untyped-call]
     except Exception:
         try:
             message = str(exc)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from helpers import fail_on, square, wait_until_idle
+import pytest
 
+from helpers import fail_on, square, wait_until_idle
 from raypool import RayMap
 
 
@@ -60,10 +62,8 @@ def test_cancelling_the_consumer_cancels_the_work() -> None:
         task = asyncio.create_task(consume())
         await asyncio.sleep(2)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(main())
     assert wait_until_idle()
@@ -72,12 +72,8 @@ def test_cancelling_the_consumer_cancels_the_work() -> None:
 def test_async_errors_and_safe_exceptions() -> None:
     async def main() -> list[object]:
         rmap = RayMap(fail_on)
-        try:
+        with pytest.raises(ValueError, match="bad item 3"):
             await rmap.map_async(range(5))
-        except ValueError as exc:
-            assert "bad item 3" in str(exc)
-        else:
-            raise AssertionError("no error raised")
         return await rmap.map_async(range(5), safe_exceptions=True, ret_args=True)
 
     out = asyncio.run(main())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import vector_double, vector_drop_one
 
+from helpers import vector_double, vector_drop_one
 from raypool import BatchLengthError, RayMap
 
 

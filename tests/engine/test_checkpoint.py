@@ -6,8 +6,8 @@ import functools
 from pathlib import Path
 
 import pytest
-from helpers import count_lines, fail_on, log_call, wait_until_idle
 
+from helpers import count_lines, fail_on, log_call, wait_until_idle
 from raypool import RayMap
 
 

@@ -37,9 +37,7 @@ def test_infinite_generator_is_read_lazily() -> None:
 def test_window_bounds_unordered_reads_too() -> None:
     source = Counted()
     it = RayMap(square, batch_size=2, max_pending=2).imap(source, keep_order=False)
-    seen = 0
-    for _ in it:
-        seen += 1
+    for seen, _ in enumerate(it, start=1):
         assert source.pulled - seen <= 2 * 2
         if seen == 40:
             break

@@ -12,8 +12,8 @@ import textwrap
 import time
 
 import pytest
-from helpers import square
 
+from helpers import square
 from raypool import ClusterUnreachableError, RayMap
 from raypool._runtime import check_reachable
 
@@ -33,7 +33,7 @@ def test_unreachable_address_is_a_clear_error_within_seconds() -> None:
     started = time.monotonic()
     with pytest.raises(ClusterUnreachableError, match=r"127\.0\.0\.1:1"):
         check_reachable("127.0.0.1:1")
-    with pytest.raises(ClusterUnreachableError, match="ray://127.0.0.1:2"):
+    with pytest.raises(ClusterUnreachableError, match=r"ray://127\.0\.0\.1:2"):
         check_reachable("ray://127.0.0.1:2")
     assert time.monotonic() - started < 30
 

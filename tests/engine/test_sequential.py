@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fail_on
 
+from helpers import fail_on
 from raypool import RayMap, TaskTimeoutError
 
 

@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-from helpers import fail_on, square
 
+from helpers import fail_on, square
 from raypool import RayMap, RayMapIterator
 
 
@@ -43,7 +43,9 @@ def test_imap_stream_stop_callable() -> None:
 def test_imap_stream_stop_event() -> None:
     event = threading.Event()
     out = []
-    for y in RayMap(square, batch_size=2).imap_stream(itertools.count(), keep_order=True, stop=event):
+    for y in RayMap(square, batch_size=2).imap_stream(
+        itertools.count(), keep_order=True, stop=event
+    ):
         out.append(y)
         if len(out) == 10:
             event.set()

@@ -36,7 +36,7 @@ def test_pure_python_spin_is_stopped_too() -> None:
 
 
 def test_timeout_is_raised_without_safe_exceptions() -> None:
-    with pytest.raises(TaskTimeoutError, match="timeout of 0.5 s"):
+    with pytest.raises(TaskTimeoutError, match=r"timeout of 0\.5 s"):
         RayMap(hang_on).map([5], timeout=0.5)
     assert wait_until_idle()
 
