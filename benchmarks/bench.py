@@ -1,0 +1,296 @@
+"""raypool against ray-map, multiprocessing.Pool, Ray's Pool and a raw Ray loop.
+
+Everything runs in one process on one local Ray instance, interleaved: each repetition
+runs every workload once with every contender, so a slow moment of the machine hits all
+of them. Reported: medians over the repetitions, and each contender's ratio to raypool's
+default settings from the same run.
+
+    pip install -e '.[bench]'
+    python benchmarks/bench.py --reps 3            # the run recorded in benchmarks/README.md
+    python benchmarks/bench.py --only a,e --reps 1  # a quick look
+
+Workloads (see benchmarks/README.md for the targets):
+    a  200,000 tiny items (x*x), ordered imap: items/s
+    b  400 items of 10 ms CPU work: parallel efficiency (work / (wall * CPUs))
+    c  200 items, every 20th 200 ms and the rest 2 ms of CPU work: wall / ideal wall
+    d  2,000,000-item generator, unordered imap: driver RSS growth (MB), items/s
+    e  time to the first result of imap over 10,000 items, Ray already up (ms)
+    f  functools.partial(f, 50 MB array) over 200 items: wall (s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import itertools
+import multiprocessing
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import ray
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads
+
+from raypool import RayMap
+
+CPUS = 2
+N_TINY = 200_000
+N_TINY_SLOW = 5_000  # for contenders that move one item per task (they'd take minutes)
+N_STREAM = 2_000_000
+
+# -- the raw Ray loop: the practical limit of Ray itself ---------------------------------
+
+
+@ray.remote
+def _raw_chunk(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    return [fn(x) for x in items]
+
+
+def raw_imap(
+    fn: Callable[[Any], Any], items: Iterable[Any], chunk: int, ordered: bool = True
+) -> Iterator[Any]:
+    """One task per chunk, the function put once, ``2 * CPUs + 2`` chunks in flight."""
+    fn_ref = ray.put(fn)
+    source = iter(items)
+    pending: deque[Any] = deque()
+
+    def submit() -> None:
+        batch = list(itertools.islice(source, chunk))
+        if batch:
+            pending.append(_raw_chunk.remote(fn_ref, batch))
+
+    for _ in range(2 * CPUS + 2):
+        submit()
+    while pending:
+        if ordered:
+            ref = pending.popleft()
+        else:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            pending.remove(ref)
+        results = ray.get(ref)
+        submit()
+        yield from results
+
+
+# -- contenders: each returns an imap-like iterator and a cleanup -------------------------
+
+
+def make_imap(name: str, fn: Any, items: Iterable[Any], *, ordered: bool, chunk: int) -> Any:
+    """(iterator, close) for contender ``name``; ``chunk`` tunes the loops that need one."""
+    if name == "raypool":
+        rmap = RayMap(fn)
+        return rmap.imap(items, keep_order=ordered), lambda: None
+    if name == "raypool tuned":
+        rmap = RayMap(fn, batch_size=chunk)
+        return rmap.imap(items, keep_order=ordered), lambda: None
+    if name == "raw Ray":
+        return raw_imap(fn, items, chunk, ordered), lambda: None
+    if name == "ray-map":
+        import ray_map
+
+        rm = ray_map.RayMap(fn)  # its defaults: batch_size=1, max_pending=CPUs+16
+        return rm.imap(items, keep_order=ordered), lambda: None
+    if name == "mp.Pool":
+        pool = multiprocessing.get_context("fork").Pool(CPUS)
+        imap = pool.imap if ordered else pool.imap_unordered
+        return imap(fn, items, chunksize=max(1, chunk)), pool.terminate
+    if name == "Ray's Pool":
+        from ray.util.multiprocessing import Pool
+
+        pool = Pool(CPUS)
+        imap = pool.imap if ordered else pool.imap_unordered
+        return imap(fn, items, chunksize=max(1, chunk)), pool.terminate
+    raise ValueError(name)
+
+
+ALL = ["raypool", "raw Ray", "mp.Pool", "Ray's Pool", "ray-map"]
+
+
+def consume(it: Iterable[Any]) -> int:
+    n = 0
+    for _ in it:
+        n += 1
+    return n
+
+
+def timed(name: str, fn: Any, items: Any, *, ordered: bool = True, chunk: int = 1) -> float:
+    it, close = make_imap(name, fn, items, ordered=ordered, chunk=chunk)
+    try:
+        started = time.perf_counter()
+        consume(it)
+        return time.perf_counter() - started
+    finally:
+        close()
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+
+def bench_a(name: str) -> dict[str, float]:
+    """Tiny items: items/s. mp.Pool and Ray's Pool use their default chunksize (1)."""
+    slow = name in ("ray-map", "Ray's Pool")
+    n = N_TINY_SLOW if slow else N_TINY
+    chunk = 8192 if name in ("raw Ray", "raypool tuned") else 1
+    wall = timed(name, workloads.square, range(n), chunk=chunk)
+    return {"items/s": n / wall}
+
+
+def bench_b(name: str) -> dict[str, float]:
+    n = 400
+    wall = timed(name, workloads.ten_ms, range(n), chunk=1)
+    return {"efficiency": n * 0.01 / (wall * CPUS)}
+
+
+def bench_c(name: str) -> dict[str, float]:
+    n = 200
+    work = sum(0.2 if i % 20 == 0 else 0.002 for i in range(n))
+    wall = timed(name, workloads.straggler, range(n), chunk=1)
+    return {"wall/ideal": wall / (work / CPUS)}
+
+
+def _rss_growth(run: Callable[[], Any]) -> tuple[float, float]:
+    """(peak RSS growth in MB while ``run`` runs, seconds it took)."""
+    process = psutil.Process()
+    gc.collect()
+    base = process.memory_info().rss
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        run()
+    finally:
+        wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    return (peak - base) / 2**20, wall
+
+
+def bench_d(name: str) -> dict[str, float]:
+    pulled = 0
+
+    def source() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(N_STREAM):
+            pulled += 1
+            yield i
+
+    chunk = 8192 if name == "raw Ray" else 1000
+    it, close = make_imap(name, workloads.square, source(), ordered=False, chunk=chunk)
+    try:
+        growth, wall = _rss_growth(lambda: consume(it))
+    finally:
+        close()
+    return {"RSS growth MB": growth, "items/s": N_STREAM / wall}
+
+
+def bench_e(name: str) -> dict[str, float]:
+    it, close = make_imap(name, workloads.square, range(10_000), ordered=True, chunk=1)
+    try:
+        started = time.perf_counter()
+        next(iter(it))
+        first = time.perf_counter() - started
+    finally:
+        if hasattr(it, "close"):
+            it.close()
+        close()
+    return {"first result ms": first * 1000}
+
+
+_BIG = np.ones(50 * 2**20 // 8)
+
+
+def bench_f(name: str) -> dict[str, float]:
+    fn = functools.partial(workloads.touch_big, _BIG)
+    wall = timed(name, fn, range(200), chunk=1)
+    return {"wall s": wall}
+
+
+BENCHES: dict[str, tuple[str, Callable[[str], dict[str, float]], list[str]]] = {
+    "a": ("200k tiny items, ordered imap", bench_a, [*ALL[:1], "raypool tuned", *ALL[1:]]),
+    "b": ("400 x 10 ms CPU items", bench_b, ALL),
+    "c": ("stragglers: 5 % of 200 ms, rest 2 ms", bench_c, ALL),
+    "d": ("2M-item generator, unordered imap", bench_d, ALL),
+    "e": ("first result of imap over 10k items", bench_e, ALL),
+    "f": ("partial(f, 50 MB array) over 200 items", bench_f, ALL),
+}
+
+# Which metric is compared to raypool, and whether higher is better.
+HEADLINE = {
+    "a": ("items/s", True),
+    "b": ("efficiency", True),
+    "c": ("wall/ideal", False),
+    "d": ("RSS growth MB", False),
+    "e": ("first result ms", False),
+    "f": ("wall s", False),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", default="abcdef", help="workloads to run, e.g. a,c")
+    parser.add_argument("--skip", default="", help="contenders to leave out, comma separated")
+    args = parser.parse_args()
+    chosen = [k for k in "abcdef" if k in args.only]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+
+    ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
+    consume(RayMap(workloads.square).imap(range(1000)))  # warm the workers up
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for rep in range(args.reps):
+        for key in chosen:
+            _, bench, contenders = BENCHES[key]
+            for name in contenders:
+                if name in skip:
+                    continue
+                value = bench(name)
+                results.setdefault(key, {}).setdefault(name, []).append(value)
+                print(f"rep {rep + 1} {key} {name:14} {value}", file=sys.stderr, flush=True)
+    print(report(results))
+    ray.shutdown()
+
+
+def report(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+    lines = [
+        f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, Ray {ray.__version__}, "
+        f"numpy {np.__version__}. Medians of the repetitions; ratio = contender / raypool.",
+        "",
+    ]
+    for key, by_name in results.items():
+        title = BENCHES[key][0]
+        metric, higher = HEADLINE[key]
+        metrics = list(next(iter(by_name.values()))[0])
+        better = "higher" if higher else "lower"
+        lines += [f"### ({key}) {title} — {metric}: {better} is better", ""]
+        lines.append("| contender | " + " | ".join(metrics) + f" | ratio ({metric}) |")
+        lines.append("|---" * (len(metrics) + 2) + "|")
+        base = statistics.median(v[metric] for v in by_name["raypool"])
+        for name, values in by_name.items():
+            cells = [f"{statistics.median(v[m] for v in values):,.3g}" for m in metrics]
+            ratio = statistics.median(v[metric] for v in values) / base
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
