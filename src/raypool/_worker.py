@@ -106,13 +106,17 @@ def _timeout_error(exc: BaseException, timeout: float) -> ItemError:
     return error, _format(exc)
 
 
-def _caller(fn: Callable[..., Any], unpack: Unpack) -> Callable[[Any], Any]:
+def _caller(fn: Callable[..., Any], unpack: Unpack, items: Sequence[Any]) -> Callable[[Any], Any]:
     if unpack == "none":
         return fn
     if unpack == "args":
         return lambda item: fn(*item)
     if unpack == "kwargs":
         return lambda item: fn(**item)
+    # "auto": when no item of the batch is a tuple or a dict (the usual case), call fn
+    # directly instead of testing every item; set(map(type, ...)) runs at C speed.
+    if not any(issubclass(kind, (tuple, dict)) for kind in set(map(type, items))):
+        return fn
 
     def auto(item: Any) -> Any:
         if isinstance(item, tuple):
@@ -143,26 +147,25 @@ def run_batch(
     """
     if batched:
         return _run_batched(fn, items, timeout)
-    call = _caller(fn, unpack)
+    call = _caller(fn, unpack, items)
     values: list[Any] = []
     errors: dict[int, ItemError] | None = None
     timeouts: set[int] | None = None
     with _Watchdog() as watchdog:
         started = time.perf_counter()
         if timeout is None:
-            # The hot path for tiny items: no per-item clock, and the try is entered once
-            # per failure rather than once per item (the iterator resumes after a failure).
-            append = values.append
+            # The hot path for tiny items: map() runs the loop in C, and the try is entered
+            # once per failure rather than once per item. extend() keeps what it appended
+            # before an exception, and ``remaining`` resumes after the failed item.
             remaining = iter(items)
             while True:
                 try:
-                    for item in remaining:
-                        append(call(item))
+                    values.extend(map(call, remaining))
                     break
                 except Exception as exc:
                     errors = errors or {}
                     errors[len(values)] = (exc, _format(exc))
-                    append(None)
+                    values.append(None)
         else:
             for position, item in enumerate(items):
                 item_started = time.monotonic()

@@ -130,3 +130,26 @@ def test_batched_exception_applies_to_the_batch() -> None:
     result = run_batch(f, [1, 2], batched=True)
     assert result.errors is not None
     assert all(isinstance(result.errors[i][0], KeyError) for i in (0, 1))
+
+
+def test_failures_at_the_edges_and_in_a_row_keep_positions() -> None:
+    def f(x: int) -> int:
+        if x in (0, 3, 4, 7):
+            raise ValueError(x)
+        return x
+
+    result = run_batch(f, list(range(8)))
+    assert result.values == [None, 1, 2, None, None, 5, 6, None]
+    assert result.errors is not None
+    assert {p: e.args[0] for p, (e, _) in result.errors.items()} == {0: 0, 3: 3, 4: 4, 7: 7}
+
+
+def test_auto_unpacks_tuple_subclasses_mixed_with_plain_items() -> None:
+    from collections import namedtuple
+
+    Point = namedtuple("Point", "x y")
+
+    def f(a: int, b: int = 0) -> int:
+        return a + b
+
+    assert run_batch(f, [Point(1, 2), 5, {"a": 1, "b": 1}]).values == [3, 5, 2]
