@@ -19,8 +19,9 @@ ALLOWED = {
     "_batching": set(),
     "_store": {"_errors", "_outcome"},
     "_runtime": {"_errors"},
-    "_worker": {"_config", "_errors", "_outcome", "_serialization"},
-    "_backend": {"_config", "_outcome", "_runtime", "_worker"},
+    "_cancel": set(),
+    "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
+    "_backend": {"_cancel", "_config", "_outcome", "_runtime", "_worker"},
     "_engine": {
         "_backend",
         "_batching",

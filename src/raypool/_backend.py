@@ -4,91 +4,25 @@ The engine's one scheduler drives either through the same five calls - ``submit`
 ``wait`` (or ``wait_async``), ``result``, ``cancel``, ``close`` - so sequential mode has
 the ordering, error and checkpoint behaviour of the real thing.
 
-Cancellation never uses ``ray.cancel(force=True)``: force-cancelling a task that is just
-finishing has crashed the *driver* (ray-project/ray#54846). A plain ``ray.cancel`` drops a
-queued task, and in a running one raises ``KeyboardInterrupt``, which the worker's tick
-(see ``_worker``) delivers within a fraction of a second even in a blocking call. Tasks
-already finished are not cancelled at all. A cancel that reaches a worker while a task is
-being handed to it can be lost (seen with Ray 2.60 in about one round in five of
-``test_early_exit``), which would leave that worker busy for as long as the item runs: the
-``_Reaper`` thread sends the cancel again every ``RECANCEL_INTERVAL`` seconds until the task
-has ended.
+Cancelling a call never uses ``ray.cancel``, which can crash the driver (see ``_cancel``):
+``cancel`` raises the call's flag, and the workers stop its tasks themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import ray
 
+from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._outcome import BatchResult, failed_batch
 from ._runtime import cluster_cpus, translate_ray_error
 from ._worker import execute_batch, run_batch
 
 __all__ = ["Backend", "InlineBackend", "RayBackend"]
-
-#: Seconds between two cancels of a task that has not ended yet. Lower frees a worker
-#: sooner after a lost cancel; each round is one ray.wait and one cancel per task.
-RECANCEL_INTERVAL = 1.0
-#: Seconds after which a cancelled task that never ends is left alone (it is stuck where
-#: no interrupt reaches, e.g. in C code).
-RECANCEL_GIVE_UP = 120.0
-
-
-def _cancel(refs: Sequence[Any]) -> None:
-    for ref in refs:
-        with contextlib.suppress(Exception):  # finished or lost meanwhile: nothing to stop
-            ray.cancel(ref, force=False)
-
-
-class _Reaper:
-    """Re-sends ``ray.cancel`` to cancelled tasks, from one daemon thread, until they end."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._deadlines: dict[Any, float] = {}
-        self._thread: threading.Thread | None = None
-
-    def watch(self, refs: Sequence[Any]) -> None:
-        deadline = time.monotonic() + RECANCEL_GIVE_UP
-        with self._lock:
-            self._deadlines.update(dict.fromkeys(refs, deadline))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="raypool-reaper", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                for ref in [r for r, d in self._deadlines.items() if d < now]:
-                    del self._deadlines[ref]
-                refs = list(self._deadlines)
-                if not refs or not ray.is_initialized():
-                    self._deadlines.clear()
-                    self._thread = None
-                    return
-            try:
-                done, running = ray.wait(
-                    refs, num_returns=len(refs), timeout=RECANCEL_INTERVAL, fetch_local=False
-                )
-                _cancel(running)
-            except Exception:  # Ray shut down under us: its tasks are gone with it
-                done = refs
-            with self._lock:
-                for ref in done:
-                    self._deadlines.pop(ref, None)
-
-
-_reaper = _Reaper()
 
 
 class Backend(Protocol):
@@ -144,7 +78,8 @@ class RayBackend:
         # cache miss instead of once per task.
         self._box: list[Any] = [ray.put(blob)]
         self._remote = execute_batch.options(**remote_options) if remote_options else execute_batch
-        self._static = (unpack, timeout, batched)
+        self._cancel_key = new_key()
+        self._static = (unpack, timeout, batched, self._cancel_key)
         self._futures: dict[Any, asyncio.Future[Any]] = {}
 
     def submit(self, items: list[Any]) -> Any:
@@ -188,9 +123,8 @@ class RayBackend:
             return  # Ray is gone, and its tasks with it
         done = set(self.finished(handles))
         running = [ref for ref in handles if ref not in done]
-        _cancel(running)
-        if running:
-            _reaper.watch(running)
+        if running and raise_flag(self._cancel_key):
+            forget_when_done(self._cancel_key, running)
 
     def close(self) -> None:
         self._box.clear()

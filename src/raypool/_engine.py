@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 from ._backend import Backend, InlineBackend, RayBackend
 from ._batching import BatchSizer
 from ._config import MapOptions, Unpack
-from ._errors import BrokenPoolError, attach_remote_traceback
+from ._errors import attach_remote_traceback
 from ._outcome import BatchResult, ItemError
 from ._runtime import ensure_ray
 from ._serialization import dumps_callable, item_key
@@ -223,7 +223,7 @@ class _MapRun:
         assert result is not None
         positions = batch.sent if batch.sent is not None else range(batch.size)
         errors = result.errors or {}
-        timeouts = result.timeouts or frozenset()
+        retry = result.retry or frozenset()
         for error in errors.values():
             attach_remote_traceback(*error)
         if self._on_error is not None and errors:
@@ -236,7 +236,7 @@ class _MapRun:
             assert batch.items is not None
             for index, position in enumerate(positions):
                 failure = errors.get(index)
-                if failure is not None and (index in timeouts or _is_infrastructure(failure)):
+                if failure is not None and index in retry:
                     continue  # a resume retries timeouts and lost workers
                 value = result.values[index]
                 self._store.record(batch.keys[position], batch.items[position], value, failure)
@@ -345,10 +345,6 @@ class _MapRun:
             window=self.window,
             seconds_per_item=self._sizer.seconds_per_item,
         )
-
-
-def _is_infrastructure(error: ItemError) -> bool:
-    return isinstance(error[0], BrokenPoolError)
 
 
 def _iterate(run: _MapRun) -> Generator[Any, None, None]:

@@ -23,16 +23,19 @@ class BatchResult(NamedTuple):
         errors: ``{position: (exception, traceback text)}`` for the items that failed, or
             ``None`` when none did.
         seconds: worker time spent running the items (the input of automatic batch sizing).
-        timeouts: positions whose error is a timeout (never checkpointed: a resume retries
-            them), or ``None``.
+        retry: positions whose error says nothing about the item - a timeout, a lost
+            worker, a task that failed as a whole - so a checkpoint must not record it and a
+            resume computes the item again; or ``None``.
     """
 
     values: list[Any]
     errors: dict[int, ItemError] | None
     seconds: float
-    timeouts: frozenset[int] | None = None
+    retry: frozenset[int] | None = None
 
 
 def failed_batch(size: int, exc: BaseException, tb: str = "") -> BatchResult:
-    """A result in which all ``size`` items failed with ``exc``."""
-    return BatchResult([None] * size, dict.fromkeys(range(size), (exc, tb)), 0.0)
+    """A result in which all ``size`` items failed with ``exc``, a failure of the task
+    rather than of its items (never checkpointed)."""
+    every = range(size)
+    return BatchResult([None] * size, dict.fromkeys(every, (exc, tb)), 0.0, frozenset(every))

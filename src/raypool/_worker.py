@@ -4,17 +4,16 @@
 Ray task around it. User code runs in the process's main thread, one item at a time, as it
 does under ``multiprocessing``.
 
-Per-item timeouts and prompt cancellation share one mechanism, ``_Watchdog``: while a batch
-runs, ``SIGALRM`` fires at the running item's deadline and then every ``TICK_SECONDS``.
+Per-item timeouts and cancellation share one mechanism, ``_Watchdog``: while a batch runs,
+``SIGALRM`` fires at the running item's deadline and then every ``TICK_SECONDS``.
 
 * At the deadline the handler raises ``_ItemTimeout`` (a ``BaseException``, so a user's
   ``except Exception`` cannot swallow it) inside the user's code, wherever it is - in pure
   Python or in a blocking call such as ``time.sleep`` - the item becomes a
   ``TaskTimeoutError`` and the rest of the batch runs. The worker is never left busy.
-* ``ray.cancel`` (never ``force=True``, see ``_backend``) asks Ray to raise
-  ``KeyboardInterrupt`` in this thread, but Ray only sets a flag, which Python reads when it
-  next runs bytecode; a thread sleeping in C would not see it for as long as it sleeps. The
-  periodic tick wakes such calls, so a cancelled task stops within ``TICK_SECONDS``.
+* When the call was cancelled (``_cancel``: the driver raised the call's flag, and this
+  process's ``CancelWatcher`` saw it), the next tick raises ``_Cancelled`` and the task
+  returns at once; the driver no longer wants its result.
 
 Limits: C code that neither returns nor checks for signals (a long BLAS call) is stopped
 when it returns; user code must not use ``SIGALRM``/``ITIMER_REAL`` itself. Off the main
@@ -30,14 +29,16 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from types import FrameType, TracebackType
 from typing import Any
 
 import ray
 import ray.cloudpickle
 
+from ._cancel import CancelWatcher
 from ._config import Unpack
-from ._errors import BatchLengthError, RemoteError, TaskTimeoutError
+from ._errors import BatchLengthError, RemoteError, SerializationError, TaskTimeoutError
 from ._outcome import BatchResult, ItemError
 from ._serialization import loads_callable
 
@@ -56,15 +57,22 @@ class _ItemTimeout(BaseException):
     """Raised by the SIGALRM handler inside the item that passed its deadline."""
 
 
+class _Cancelled(BaseException):
+    """Raised by the SIGALRM handler once the batch's call has been cancelled."""
+
+
 class _Watchdog:
     """The SIGALRM deadline and tick of one batch (a no-op off the main thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancelled: threading.Event | None = None) -> None:
         self.deadline: float | None = None
         self.active = False
+        self._cancelled = cancelled
         self._previous: Any = None
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self._cancelled is not None and self._cancelled.is_set():
+            raise _Cancelled
         deadline = self.deadline
         if deadline is not None and time.monotonic() >= deadline:
             raise _ItemTimeout
@@ -135,110 +143,117 @@ def run_batch(
     unpack: Unpack = "auto",
     timeout: float | None = None,
     batched: bool = False,
+    cancelled: threading.Event | None = None,
 ) -> BatchResult:
     """Run ``fn`` over ``items`` in this thread, one item at a time.
 
     An item's exception (or timeout) is recorded against that item and the batch goes on.
     With ``batched=True`` the whole list is one call, ``fn(list(items))``, which must return
-    a list of the same length; a timeout or exception then applies to every item.
+    a list of the same length; a timeout or exception then applies to every item. Once
+    ``cancelled`` is set the batch stops within a tick; the items it did not finish then
+    report ``CancelledError``.
 
     Returns:
-        A ``BatchResult`` with one value per item.
+        A ``BatchResult`` with one entry per item.
     """
-    if batched:
-        return _run_batched(fn, items, timeout)
-    call = _caller(fn, unpack, items)
-    values: list[Any] = []
-    errors: dict[int, ItemError] | None = None
-    timeouts: set[int] | None = None
-    with _Watchdog() as watchdog:
+    size = len(items)
+    with _Watchdog(cancelled) as watchdog:
         started = time.perf_counter()
-        if timeout is None:
-            # The hot path for tiny items: map() runs the loop in C, and the try is entered
-            # once per failure rather than once per item. extend() keeps what it appended
-            # before an exception, and ``remaining`` resumes after the failed item.
-            remaining = iter(items)
-            while True:
-                try:
-                    values.extend(map(call, remaining))
-                    break
-                except Exception as exc:
-                    errors = errors or {}
-                    errors[len(values)] = (exc, _format(exc))
-                    values.append(None)
-        else:
-            for position, item in enumerate(items):
-                item_started = time.monotonic()
-                try:
-                    try:
-                        watchdog.arm(timeout)
-                        value = call(item)
-                    finally:
-                        watchdog.deadline = None
-                    if not watchdog.active and time.monotonic() - item_started > timeout:
-                        raise _ItemTimeout
-                    values.append(value)
-                except _ItemTimeout as exc:
-                    watchdog.deadline = None
-                    values.append(None)
-                    errors = errors or {}
-                    errors[position] = _timeout_error(exc, timeout)
-                    timeouts = timeouts or set()
-                    timeouts.add(position)
-                except Exception as exc:
-                    watchdog.deadline = None
-                    values.append(None)
-                    errors = errors or {}
-                    errors[position] = (exc, _format(exc))
+        try:
+            if batched:
+                outcome = _run_batched(fn, items, timeout, watchdog)
+            elif timeout is None:
+                outcome = _run_plain(_caller(fn, unpack, items), items)
+            else:
+                outcome = _run_timed(_caller(fn, unpack, items), items, timeout, watchdog)
+        except _Cancelled:
+            error: ItemError = (CancelledError("the map call was cancelled"), "")
+            every = range(size)
+            outcome = [None] * size, dict.fromkeys(every, error), set(every)
         seconds = time.perf_counter() - started
-    return BatchResult(values, errors, seconds, frozenset(timeouts) if timeouts else None)
+    values, errors, retry = outcome
+    return BatchResult(values, errors or None, seconds, frozenset(retry) if retry else None)
+
+
+#: ``(values, errors by position, positions to retry)`` of a batch.
+_Outcome = tuple[list[Any], dict[int, ItemError], set[int]]
+
+
+def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> _Outcome:
+    # The hot path for tiny items: map() runs the loop in C, and the try is entered once
+    # per failure rather than once per item. extend() keeps what it appended before an
+    # exception, and ``remaining`` resumes after the failed item.
+    values: list[Any] = []
+    errors: dict[int, ItemError] = {}
+    remaining = iter(items)
+    while True:
+        try:
+            values.extend(map(call, remaining))
+            return values, errors, set()
+        except Exception as exc:
+            errors[len(values)] = (exc, _format(exc))
+            values.append(None)
+
+
+def _run_timed(
+    call: Callable[[Any], Any], items: Sequence[Any], timeout: float, watchdog: _Watchdog
+) -> _Outcome:
+    values: list[Any] = []
+    errors: dict[int, ItemError] = {}
+    timeouts: set[int] = set()
+    for position, item in enumerate(items):
+        item_started = time.monotonic()
+        try:
+            try:
+                watchdog.arm(timeout)
+                value = call(item)
+            finally:
+                watchdog.deadline = None
+            if not watchdog.active and time.monotonic() - item_started > timeout:
+                raise _ItemTimeout
+            values.append(value)
+        except _ItemTimeout as exc:
+            watchdog.deadline = None
+            values.append(None)
+            errors[position] = _timeout_error(exc, timeout)
+            timeouts.add(position)
+        except Exception as exc:
+            watchdog.deadline = None
+            values.append(None)
+            errors[position] = (exc, _format(exc))
+    return values, errors, timeouts
 
 
 def _run_batched(
-    fn: Callable[..., Any], items: Sequence[Any], timeout: float | None
-) -> BatchResult:
+    fn: Callable[..., Any], items: Sequence[Any], timeout: float | None, watchdog: _Watchdog
+) -> _Outcome:
     size = len(items)
-    started = time.perf_counter()
-    error: ItemError | None = None
-    timed_out = False
-    values: Any = None
-    with _Watchdog() as watchdog:
+    every = range(size)
+    started = time.monotonic()
+    try:
         try:
-            try:
-                if timeout is not None:
-                    watchdog.arm(timeout)
-                values = fn(list(items))
-            finally:
-                watchdog.deadline = None
-            overran = timeout is not None and time.perf_counter() - started > timeout
-            if overran and not watchdog.active:
-                raise _ItemTimeout
-        except _ItemTimeout as exc:
-            assert timeout is not None
-            error, timed_out = _timeout_error(exc, timeout), True
-        except Exception as exc:
-            error = (exc, _format(exc))
-    seconds = time.perf_counter() - started
-    if error is None:
-        try:
-            values = list(values)
-        except TypeError as exc:
-            error = (BatchLengthError(f"a batched function must return a list, got {exc}"), "")
-        else:
-            if len(values) != size:
-                message = (
-                    f"the batched function returned {len(values)} results for a batch of "
-                    f"{size} items"
-                )
-                error = (BatchLengthError(message), "")
-    if error is None:
-        return BatchResult(values, None, seconds)
-    return BatchResult(
-        [None] * size,
-        dict.fromkeys(range(size), error),
-        seconds,
-        frozenset(range(size)) if timed_out else None,
-    )
+            if timeout is not None:
+                watchdog.arm(timeout)
+            values = fn(list(items))
+        finally:
+            watchdog.deadline = None
+        overran = timeout is not None and time.monotonic() - started > timeout
+        if overran and not watchdog.active:
+            raise _ItemTimeout
+    except _ItemTimeout as exc:
+        assert timeout is not None
+        return [None] * size, dict.fromkeys(every, _timeout_error(exc, timeout)), set(every)
+    except Exception as exc:
+        return [None] * size, dict.fromkeys(every, (exc, _format(exc))), set()
+    try:
+        values = list(values)
+    except TypeError as exc:
+        error = BatchLengthError(f"a batched function must return a list, got {exc}")
+        return [None] * size, dict.fromkeys(every, (error, "")), set()
+    if len(values) != size:
+        message = f"the batched function returned {len(values)} results for a batch of {size} items"
+        return [None] * size, dict.fromkeys(every, (BatchLengthError(message), "")), set()
+    return values, {}, set()
 
 
 _callables: OrderedDict[str, Callable[..., Any]] = OrderedDict()
@@ -252,7 +267,14 @@ def _resolve(digest: str, box: list[Any]) -> Callable[..., Any]:
     """
     fn = _callables.get(digest)
     if fn is None:
-        fn = loads_callable(ray.get(box[0]))
+        try:
+            fn = loads_callable(ray.get(box[0]))
+        except Exception as exc:
+            raise SerializationError(
+                f"a Ray worker cannot load the mapped function ({type(exc).__name__}: {exc}); "
+                "its module must be importable on the workers: define it in __main__, or "
+                "ship your code with runtime_env={'working_dir': ...} or 'py_modules'"
+            ) from exc
         _callables[digest] = fn
         while len(_callables) > CALLABLE_CACHE_SIZE:
             _callables.popitem(last=False)
@@ -276,6 +298,9 @@ def _portable(error: ItemError) -> ItemError:
     return error
 
 
+_watcher = CancelWatcher()
+
+
 def _execute_batch(
     digest: str,
     box: list[Any],
@@ -283,9 +308,21 @@ def _execute_batch(
     unpack: Unpack,
     timeout: float | None,
     batched: bool,
+    cancel_key: str,
 ) -> BatchResult:
-    fn = _resolve(digest, box)
-    result = run_batch(fn, items, unpack=unpack, timeout=timeout, batched=batched)
+    _watcher.begin(cancel_key)
+    try:
+        fn = _resolve(digest, box)
+        result = run_batch(
+            fn,
+            items,
+            unpack=unpack,
+            timeout=timeout,
+            batched=batched,
+            cancelled=_watcher.cancelled,
+        )
+    finally:
+        _watcher.end()
     if result.errors:
         portable = {position: _portable(error) for position, error in result.errors.items()}
         result = result._replace(errors=portable)

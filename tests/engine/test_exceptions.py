@@ -16,7 +16,7 @@ from helpers import (
     raise_unpicklable,
     wait_until_idle,
 )
-from raypool import RayMap, RemoteError, RemoteTraceback
+from raypool import RayMap, RemoteError, RemoteTraceback, SerializationError
 
 
 def test_error_keeps_type_message_and_remote_traceback() -> None:
@@ -111,3 +111,19 @@ def test_first_error_cancels_the_rest() -> None:
     with pytest.raises(ValueError, match="first"):
         RayMap(slow_or_fail, batch_size=1, max_pending=4).map(range(20))
     assert wait_until_idle()
+
+
+def test_function_workers_cannot_import_is_a_clear_error(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "only_on_the_driver.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_on_the_driver  # type: ignore[import-not-found]
+
+    ckpt = tmp_path / "c.ckpt"
+    rmap = RayMap(only_on_the_driver.double, checkpoint_path=str(ckpt))
+    with pytest.raises(SerializationError, match="only_on_the_driver") as info:
+        rmap.map([1, 2])
+    assert "runtime_env" in str(info.value)
+    # the failure says nothing about the items: it is not checkpointed
+    out = RayMap(only_on_the_driver.double, checkpoint_path=str(ckpt), sequential=True).imap([1])
+    assert list(out) == [2]
+    assert out.statistics().items_replayed == 0

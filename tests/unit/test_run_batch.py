@@ -25,7 +25,7 @@ def test_values_in_order_and_errors_by_position() -> None:
     exc, tb = result.errors[2]
     assert isinstance(exc, ValueError)
     assert "in f" in tb
-    assert result.timeouts is None
+    assert result.retry is None
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_timeout_interrupts_a_sleeping_item_and_the_batch_goes_on() -> None:
     exc, tb = result.errors[1]
     assert isinstance(exc, TaskTimeoutError)
     assert "time.sleep" in tb  # where the item was when it was stopped
-    assert result.timeouts == frozenset({1})
+    assert result.retry == frozenset({1})
 
 
 def test_timeout_interrupts_pure_python_and_cannot_be_swallowed() -> None:
