@@ -94,13 +94,19 @@ def vector_drop_one(batch: list[int]) -> list[int]:
     return [2 * x for x in batch[1:]]
 
 
-def wait_until_idle(timeout: float = 30.0, cpus: int = 2) -> bool:
-    """Whether every CPU of the cluster is free again within ``timeout`` seconds."""
+def wait_until_idle(timeout: float = 30.0, cpus: int = 2, steady: float = 0.5) -> bool:
+    """Whether every CPU of the cluster is free within ``timeout`` seconds and stays free
+    for ``steady`` seconds (a queued task dispatched late would take one again)."""
     import ray
 
     deadline = time.monotonic() + timeout
+    idle_since: float | None = None
     while time.monotonic() < deadline:
         if ray.available_resources().get("CPU", 0) >= cpus:
-            return True
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= steady:
+                return True
+        else:
+            idle_since = None
         time.sleep(0.05)
     return False
