@@ -4,13 +4,15 @@ Two rules combine:
 
 * **Automatic size** (``batch_size=None``): workers report how long their items took; the
   next batch carries about ``TARGET_TASK_SECONDS`` of work, so Ray's fixed cost per task
-  (about a millisecond on a laptop) stays a few percent of the task. Slow items fall back
+  (one to a few milliseconds on a 2-core machine) stays a few percent of the task. Slow items fall back
   to batches of one. Until the first measurement arrives batches hold one item, which also
   gives the caller its first result as early as possible.
 * **Adaptive tail** (when the input's length is known): once the items left would fill
   fewer than ``tail_batches_per_core`` batches per CPU, each new batch takes only that
   share of what is left, so batch sizes shrink geometrically toward
   ``tail_min_batch_size`` and the last tasks finish together instead of one long straggler.
+  The tail never cuts a task below ``TAIL_MIN_TASK_SECONDS`` of measured work: splitting
+  tasks that are already that short only adds Ray's per-task cost.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ __all__ = ["MAX_AUTO_BATCH", "TARGET_TASK_SECONDS", "BatchSizer"]
 
 #: Work per task the automatic size aims at. Larger hides more per-task overhead but makes
 #: each task a bigger unit of latency, cancellation and memory.
-TARGET_TASK_SECONDS = 0.02
+TARGET_TASK_SECONDS = 0.05
 
 #: Upper bound of an automatic batch. With tiny items the window of batches in flight is
 #: what the driver holds in memory: more items per batch buys little throughput past this.
 MAX_AUTO_BATCH = 8192
 
-#: Weight of the newest measurement in the running per-item estimate (0..1]. Higher reacts
-#: faster to a change of item cost, lower smooths over noisy batches.
-ESTIMATE_WEIGHT = 0.5
+#: The adaptive tail does not shrink a batch below this much measured work. Lower lets the
+#: last tasks of cheap items split finer, at Ray's per-task cost for each split.
+TAIL_MIN_TASK_SECONDS = 0.01
+
+#: How much of the past the per-item estimate keeps at each new batch (0..1). The estimate
+#: is decayed total seconds over decayed total items, so each batch weighs by its items and
+#: one slow item moves it by its share, not by half. Lower forgets faster.
+ESTIMATE_DECAY = 0.9
 
 
 class BatchSizer:
@@ -58,32 +65,31 @@ class BatchSizer:
         self._total = total if adaptive_tail else None
         self._tail_batches = max(1, tail_batches_per_core * max(1, cpus))
         self._tail_min = tail_min_batch_size
-        self._seconds_per_item: float | None = None
+        self._seconds = 0.0
+        self._items = 0.0
 
     @property
     def seconds_per_item(self) -> float | None:
         """The running estimate of one item's duration, or ``None`` before any report."""
-        return self._seconds_per_item
+        return self._seconds / self._items if self._items else None
 
     def observe(self, items: int, seconds: float) -> None:
         """Record that a batch of ``items`` items took ``seconds`` of worker time."""
         if items <= 0 or seconds < 0:
             return
-        sample = seconds / items
-        if self._seconds_per_item is None:
-            self._seconds_per_item = sample
-        else:
-            self._seconds_per_item += ESTIMATE_WEIGHT * (sample - self._seconds_per_item)
+        self._seconds = ESTIMATE_DECAY * self._seconds + seconds
+        self._items = ESTIMATE_DECAY * self._items + items
 
     def base_size(self) -> int:
         """The size before the tail rule: fixed, or derived from the estimate."""
         if self._fixed is not None:
             return self._fixed
-        if self._seconds_per_item is None:
+        estimate = self.seconds_per_item
+        if estimate is None:
             return 1
-        if self._seconds_per_item <= 0:
+        if estimate <= 0:
             return MAX_AUTO_BATCH
-        return max(1, min(MAX_AUTO_BATCH, int(TARGET_TASK_SECONDS / self._seconds_per_item)))
+        return max(1, min(MAX_AUTO_BATCH, round(TARGET_TASK_SECONDS / estimate)))
 
     def next_size(self, submitted_items: int) -> int:
         """Size of the next batch, given how many items were already submitted."""
@@ -94,4 +100,8 @@ class BatchSizer:
         if left <= 0:
             return size
         share = math.ceil(left / self._tail_batches)
-        return max(1, min(size, max(self._tail_min, share)))
+        floor = self._tail_min
+        estimate = self.seconds_per_item
+        if estimate:
+            floor = max(floor, math.ceil(TAIL_MIN_TASK_SECONDS / estimate))
+        return max(1, min(size, max(floor, share)))

@@ -51,7 +51,7 @@ R = TypeVar("R")
 #: ``max_pending=-1`` keeps this many batches per cluster CPU in flight (plus
 #: ``WINDOW_EXTRA``): enough that every worker has its next task queued while the driver
 #: handles a result. More costs driver memory (the window is what the driver holds).
-WINDOW_PER_CPU = 2
+WINDOW_PER_CPU = 4
 WINDOW_EXTRA = 2
 
 OnError = Callable[[Any, BaseException], Any]
@@ -155,7 +155,11 @@ class _MapRun:
     # -- filling the window ----------------------------------------------------------------
 
     def _room(self) -> bool:
-        if len(self.in_flight) + self._buffered >= self.window:
+        # Finished results waiting to be yielded count in batches of the current size, so
+        # that the many one-item batches of the start do not stall the window behind a slow
+        # head item: what is held stays bounded by window x batch size items either way.
+        buffered = -(-self._buffered_items // self._sizer.base_size())
+        if len(self.in_flight) + buffered >= self.window:
             return False
         limit = self._max_buffered_items
         return limit is None or self._buffered_items < limit
@@ -456,10 +460,10 @@ class RayMap(Generic[R]):
             ``fn(*item)``, a dict as ``fn(**item)``, anything else as ``fn(item)``).
             Lambdas and closures are fine: it is serialized with dill.
         batch_size: items per Ray task; ``None`` (default) sizes batches from the measured
-            item duration, to about 20 ms of work per task, and 1 for slow items.
+            item duration, to about 50 ms of work per task, and 1 for slow items.
         max_pending: batches in flight at once - in ordered mode finished batches waiting
-            behind a slower one count too, which bounds memory; ``-1`` (default):
-            ``2 * CPUs + 2`` of the cluster.
+            behind a slower one count too (in batches of the current size), which bounds
+            memory; ``-1`` (default): ``4 * CPUs + 2`` of the cluster.
         checkpoint_path: a file recording each finished item; a rerun yields recorded items
             without computing them again. Timeouts and lost workers are not recorded.
         checkpoint_every: finished items between two writes of the checkpoint file.

@@ -27,12 +27,16 @@ def test_slow_items_fall_back_to_batches_of_one() -> None:
 
 
 def test_adaptive_tail_splits_the_last_batches() -> None:
-    with_tail = RayMap(square, batch_size=32).imap(range(1000))
-    assert list(with_tail) == [x * x for x in range(1000)]
-    without = RayMap(square, batch_size=32, adaptive_tail_batching=False).imap(range(1000))
-    assert list(without) == [x * x for x in range(1000)]
-    assert without.statistics().batches_submitted == 32  # ceil(1000 / 32)
-    assert with_tail.statistics().batches_submitted > 32
+    def two_ms(x: int) -> int:
+        time.sleep(0.002)
+        return x
+
+    with_tail = RayMap(two_ms, batch_size=32).imap(range(320))
+    assert list(with_tail) == list(range(320))
+    without = RayMap(two_ms, batch_size=32, adaptive_tail_batching=False).imap(range(320))
+    assert list(without) == list(range(320))
+    assert without.statistics().batches_submitted == 10  # 320 / 32
+    assert with_tail.statistics().batches_submitted > 10
 
 
 def test_no_tail_for_inputs_without_length() -> None:

@@ -29,7 +29,8 @@ def test_rerun_replays_and_computes_only_the_rest(tmp_path: Path) -> None:
     stats = it2.statistics()
     assert stats.items_replayed >= 12
     assert stats.items_replayed + stats.items_submitted == 30
-    computed_again = [int(x) for x in second_log.read_text().split()]
+    text = second_log.read_text() if second_log.exists() else ""
+    computed_again = [int(x) for x in text.split()]
     assert len(computed_again) == len(set(computed_again)) == stats.items_submitted
     assert not set(computed_again) & set(got)  # nothing yielded before was computed again
 
