@@ -4,9 +4,9 @@ Two rules combine:
 
 * **Automatic size** (``batch_size=None``): workers report how long their items took; the
   next batch carries about ``TARGET_TASK_SECONDS`` of work, so Ray's fixed cost per task
-  (one to a few milliseconds on a 2-core machine) stays a few percent of the task. Slow items fall back
-  to batches of one. Until the first measurement arrives batches hold one item, which also
-  gives the caller its first result as early as possible.
+  (one to a few milliseconds on a 2-core machine) stays a few percent of the task. Slow
+  items fall back to batches of one. Until the first measurement arrives batches hold one
+  item, which also gives the caller its first result as early as possible.
 * **Adaptive tail** (when the input's length is known): once the items left would fill
   fewer than ``tail_batches_per_core`` batches per CPU, each new batch takes only that
   share of what is left, so batch sizes shrink geometrically toward
