@@ -124,19 +124,24 @@ class CancelWatcher:
     """In a worker process: watches the flag of the batch being run.
 
     ``begin(key)`` before the batch, ``end()`` after; ``cancelled`` is set once the flag of
-    the current key is seen.
+    the current key is seen. A new key is read at once; the same key (the next batch of the
+    same call) at most every ``POLL_SECONDS``, so small batches cost no extra reads.
     """
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self._wake = threading.Condition()
         self._key: str | None = None
+        self._raised_key: str | None = None
         self._thread: threading.Thread | None = None
 
     def begin(self, key: str) -> None:
         with self._wake:
-            self.cancelled.clear()
             self._key = key
+            if key == self._raised_key:
+                self.cancelled.set()
+            else:
+                self.cancelled.clear()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="raypool-cancel-watcher", daemon=True
@@ -150,15 +155,21 @@ class CancelWatcher:
             self.cancelled.clear()
 
     def _run(self) -> None:
+        polled_key, polled_at = None, 0.0
         while True:
             with self._wake:
                 while self._key is None:
                     self._wake.wait()
                 key = self._key
-            if _is_raised(key):
+                if key == polled_key:
+                    pause = polled_at + POLL_SECONDS - time.monotonic()
+                    if pause > 0:
+                        self._wake.wait(pause)
+                        continue  # the batch may have ended or changed meanwhile
+            raised = _is_raised(key)
+            polled_key, polled_at = key, time.monotonic()
+            if raised:
                 with self._wake:
+                    self._raised_key = key
                     if self._key == key:
                         self.cancelled.set()
-            with self._wake:
-                if self._key == key:
-                    self._wake.wait(POLL_SECONDS)

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,10 +119,20 @@ def ensure_ray(
         return True
 
 
+#: How long ``cluster_cpus`` trusts its last answer. Longer saves a GCS request per map
+#: call; shorter follows an autoscaling cluster sooner.
+CPU_COUNT_SECONDS = 5.0
+_cpus: tuple[float, int] | None = None
+
+
 def cluster_cpus() -> int:
-    """CPUs of the whole Ray cluster (at least 1)."""
-    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    return max(1, int(resources.get("CPU", 1)))
+    """CPUs of the whole Ray cluster (at least 1), re-read every ``CPU_COUNT_SECONDS``."""
+    global _cpus
+    now = time.monotonic()
+    if _cpus is None or now - _cpus[0] > CPU_COUNT_SECONDS:
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        _cpus = now, max(1, int(resources.get("CPU", 1)))
+    return _cpus[1]
 
 
 def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:

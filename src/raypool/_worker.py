@@ -260,15 +260,16 @@ _callables: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 
 
 def _resolve(digest: str, box: list[Any]) -> Callable[..., Any]:
-    """The callable ``digest`` names, from this process's cache or the object store.
+    """The callable ``digest`` names, from this process's cache or from ``box``.
 
-    ``box`` holds the ObjectRef of the serialized callable inside a list, so that Ray does
-    not fetch it for every task: only a cache miss reads it.
+    ``box`` holds the serialized callable, or the ObjectRef of it inside a list, so that Ray
+    does not fetch it for every task: only a cache miss reads it.
     """
     fn = _callables.get(digest)
     if fn is None:
         try:
-            fn = loads_callable(ray.get(box[0]))
+            payload = box[0]
+            fn = loads_callable(payload if isinstance(payload, bytes) else ray.get(payload))
         except Exception as exc:
             raise SerializationError(
                 f"a Ray worker cannot load the mapped function ({type(exc).__name__}: {exc}); "
