@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import ray
 
@@ -14,6 +15,7 @@ from raypool import RayMap
 
 
 def slow_square(x: int) -> int:
+    time.sleep(0.05)
     return x * x
 
 
