@@ -102,3 +102,23 @@ def test_submit_safe_with_timeout() -> None:
 def test_collect_and_acollect() -> None:
     assert RayMap.collect(square, range(4), batch_size=2) == [(x, x * x) for x in range(4)]
     assert asyncio.run(RayMap.acollect(square, range(4))) == [(x, x * x) for x in range(4)]
+
+
+def test_imap_stream_reads_lazily_and_keeps_nothing() -> None:
+    # ray-map's imap_stream keeps every result; here only the window is ever held
+    pulled = 0
+
+    def source():  # type: ignore[no-untyped-def]
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    stream = RayMap(square, batch_size=2, max_pending=3).imap_stream(source(), keep_order=True)
+    for consumed, value in enumerate(stream, start=1):
+        assert value == (consumed - 1) ** 2
+        assert pulled - consumed <= 2 * 3
+        if consumed == 60:
+            break
+    stream.close()
+    assert stream.statistics().batches_in_flight == 0
