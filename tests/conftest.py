@@ -1,8 +1,10 @@
-"""Test session setup: one real local Ray for the whole session (engine tests only).
+"""Test session setup: one real local Ray for the whole session.
 
-Unit tests (``tests/unit``) never start Ray. Engine tests ask for the ``ray_cluster``
-fixture (autouse in ``tests/engine/conftest.py``), which starts a 2-CPU local instance once
-and shuts it down at the end.
+Unit tests (``tests/unit``) never start Ray. Engine and pool tests ask for the
+``ray_cluster`` fixture (autouse in their ``conftest.py``), which starts a 2-CPU local
+instance once and shuts it down at the end. It gives Ray no ``runtime_env``: the workers
+find this directory's modules (``helpers``, the test modules) through raypool alone, as a
+user's would.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ CPUS = 2
 def ray_cluster() -> Iterator[None]:
     import ray
 
-    # Workers import this directory's helper modules by name, as the driver does.
-    paths = [str(TESTS), str(TESTS / "engine"), str(TESTS / "unit")]
-    if os.environ.get("PYTHONPATH"):
-        paths.append(os.environ["PYTHONPATH"])
-    ray.init(
-        num_cpus=CPUS,
-        include_dashboard=False,
-        logging_level="warning",
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
-    )
+    ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Checkpoints made with ``checkpoint=True`` go to a temporary cache directory."""
+    previous = os.environ.get("RAYPOOL_CACHE_DIR")
+    os.environ["RAYPOOL_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        del os.environ["RAYPOOL_CACHE_DIR"]
+    else:
+        os.environ["RAYPOOL_CACHE_DIR"] = previous

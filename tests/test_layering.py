@@ -31,6 +31,19 @@ ALLOWED = {
         "_runtime",
         "_serialization",
         "_store",
+        "_worker",
+    },
+    "_dispatch": {"_engine", "_outcome"},
+    "_pool": {
+        "_config",
+        "_dispatch",
+        "_engine",
+        "_errors",
+        "_outcome",
+        "_runtime",
+        "_serialization",
+        "_store",
+        "_worker",
     },
 }
 RAY_FREE = {"_version", "_errors", "_config", "_outcome", "_serialization", "_batching", "_store"}

@@ -1,7 +1,10 @@
 """raypool: run ``multiprocessing``/``concurrent.futures``-style maps on Ray.
 
-``RayMap`` is the engine: a streaming, batched, back-pressured map over Ray tasks with
-per-item timeouts, exceptions as values, checkpoints and asyncio variants.
+``RayPool`` (also ``Pool`` and ``ProcessPoolExecutor``) has the interfaces of
+``multiprocessing.Pool`` and ``concurrent.futures.Executor``: change the import line and
+existing code runs on Ray. ``RayMap`` is the engine under it: a streaming, batched,
+back-pressured map over Ray tasks with per-item timeouts, exceptions as values, checkpoints
+and asyncio variants.
 """
 
 from ._config import MapOptions as MapOptions
@@ -13,23 +16,39 @@ from ._errors import BatchLengthError as BatchLengthError
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import CheckpointError as CheckpointError
 from ._errors import ClusterUnreachableError as ClusterUnreachableError
+from ._errors import PoolClosedError as PoolClosedError
 from ._errors import RayPoolError as RayPoolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteTraceback as RemoteTraceback
 from ._errors import SerializationError as SerializationError
 from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._pool import AsyncResult as AsyncResult
+from ._pool import IMapIterator as IMapIterator
+from ._pool import MapResult as MapResult
+from ._pool import Pool as Pool
+from ._pool import PoolState as PoolState
+from ._pool import ProcessPoolExecutor as ProcessPoolExecutor
+from ._pool import RayPool as RayPool
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AsyncResult",
     "BatchLengthError",
     "BrokenPoolError",
     "CheckpointError",
     "ClusterUnreachableError",
+    "IMapIterator",
     "MapIterator",
     "MapOptions",
+    "MapResult",
     "MapStatistics",
+    "Pool",
+    "PoolClosedError",
+    "PoolState",
+    "ProcessPoolExecutor",
     "RayMap",
     "RayMapIterator",
+    "RayPool",
     "RayPoolError",
     "RemoteError",
     "RemoteTraceback",

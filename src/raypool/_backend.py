@@ -11,6 +11,7 @@ Cancelling a call never uses ``ray.cancel``, which can crash the driver (see ``_
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._outcome import BatchResult, failed_batch
 from ._runtime import cluster_cpus, translate_ray_error
-from ._worker import execute_batch, run_batch
+from ._worker import Setup, execute_batch, execute_batch_max_calls, run_batch
 
 __all__ = ["Backend", "InlineBackend", "RayBackend"]
 
@@ -52,6 +53,9 @@ class Backend(Protocol):
     def finished(self, handles: Sequence[Any]) -> list[Any]:
         """Those of ``handles`` that are done, without waiting."""
 
+    def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(handle)`` once ``handle`` is done, from any thread."""
+
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop the batches of ``handles``; their results are no longer wanted."""
 
@@ -66,6 +70,8 @@ class RayBackend:
         blob: the dill-serialized callable; put in the object store once, here.
         digest: its identity, under which workers cache the deserialized callable.
         remote_options: passed to ``.options()`` of the task (``num_cpus``, ...).
+        setup: what each worker process runs once before its first item (``_worker.Setup``).
+        max_calls: a worker process exits after this many tasks, or ``None``.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class RayBackend:
         timeout: float | None,
         batched: bool,
         remote_options: dict[str, Any] | None = None,
+        setup: Setup | None = None,
+        max_calls: int | None = None,
     ) -> None:
         self.cpus = cluster_cpus()
         self._digest = digest
@@ -84,10 +92,13 @@ class RayBackend:
         # to the object store once, its ref hidden in a list from Ray's argument resolution
         # so that workers fetch it only on a cache miss instead of once per task.
         self._box: list[Any] = [blob if len(blob) <= INLINE_CALLABLE_BYTES else ray.put(blob)]
-        self._remote = execute_batch.options(**remote_options) if remote_options else execute_batch
+        remote = execute_batch if max_calls is None else execute_batch_max_calls(max_calls)
+        self._remote = remote.options(**remote_options) if remote_options else remote
         self._cancel_key = new_key()
-        self._static = (unpack, timeout, batched, self._cancel_key)
-        self._futures: dict[Any, asyncio.Future[Any]] = {}
+        self._static = (unpack, timeout, batched, self._cancel_key, setup)
+        # Futures of refs being awaited (asyncio) or watched (``notify``): they hold the
+        # result once it arrives, so ``result`` takes it from there.
+        self._futures: dict[Any, asyncio.Future[Any] | concurrent.futures.Future[Any]] = {}
 
     def submit(self, items: list[Any]) -> Any:
         return self._remote.remote(self._digest, self._box, items, *self._static)
@@ -97,11 +108,11 @@ class RayBackend:
         return ready[0]
 
     async def wait_async(self, handles: Sequence[Any]) -> Any:
-        by_future = {}
+        by_future: dict[asyncio.Future[Any], Any] = {}
         for ref in handles:
             future = self._futures.get(ref)
-            if future is None:
-                future = self._futures[ref] = asyncio.wrap_future(ref.future())
+            if not isinstance(future, asyncio.Future):
+                future = self._futures[ref] = asyncio.wrap_future(future or ref.future())
             by_future[future] = ref
         done, _ = await asyncio.wait(by_future, return_when=asyncio.FIRST_COMPLETED)
         return by_future[next(iter(done))]
@@ -121,10 +132,14 @@ class RayBackend:
         done, _ = ray.wait(list(handles), num_returns=len(handles), timeout=0, fetch_local=False)
         return list(done)
 
+    def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
+        future = self._futures[handle] = handle.future()
+        future.add_done_callback(lambda _: callback(handle))
+
     def cancel(self, handles: Sequence[Any]) -> None:
         for ref in handles:
             future = self._futures.pop(ref, None)
-            if future is not None:
+            if isinstance(future, asyncio.Future):
                 future.cancel()
         if not ray.is_initialized():
             return  # Ray is gone, and its tasks with it
@@ -179,6 +194,10 @@ class InlineBackend:
 
     def finished(self, handles: Sequence[Any]) -> list[Any]:
         return [task for task in handles if task.result is not None]
+
+    def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
+        self.wait([handle])
+        callback(handle)
 
     def cancel(self, handles: Sequence[Any]) -> None:
         pass

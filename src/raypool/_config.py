@@ -15,9 +15,10 @@ __all__ = ["UNPACK_MODES", "MapOptions", "Unpack"]
 #: How an item becomes the arguments of the mapped function:
 #: ``"auto"`` (the ray-map convention): a tuple is ``fn(*item)``, a dict ``fn(**item)``,
 #: anything else ``fn(item)``; ``"none"``: always ``fn(item)`` (``Pool.map``);
-#: ``"args"``: always ``fn(*item)`` (``Pool.starmap``); ``"kwargs"``: always ``fn(**item)``.
-Unpack = Literal["auto", "none", "args", "kwargs"]
-UNPACK_MODES: tuple[str, ...] = ("auto", "none", "args", "kwargs")
+#: ``"args"``: always ``fn(*item)`` (``Pool.starmap``); ``"kwargs"``: always ``fn(**item)``;
+#: ``"call"``: the item is an ``(args, kwargs)`` pair, ``fn(*args, **kwargs)`` (``submit``).
+Unpack = Literal["auto", "none", "args", "kwargs", "call"]
+UNPACK_MODES: tuple[str, ...] = ("auto", "none", "args", "kwargs", "call")
 
 
 def _is_int(value: object) -> bool:

@@ -31,9 +31,12 @@ import dataclasses
 import itertools
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
+
+import ray
 
 from ._backend import Backend, InlineBackend, RayBackend
 from ._batching import BatchSizer
@@ -43,8 +46,9 @@ from ._outcome import BatchResult, ItemError
 from ._runtime import ensure_ray
 from ._serialization import dumps_callable, item_key
 from ._store import CheckpointStore, PickleFileStore
+from ._worker import Setup
 
-__all__ = ["MapIterator", "MapStatistics", "RayMap", "RayMapIterator"]
+__all__ = ["MapIterator", "MapStatistics", "RayMap", "RayMapIterator", "make_setup"]
 
 R = TypeVar("R")
 
@@ -115,6 +119,12 @@ class _MapRun:
         max_buffered_items: int | None = None,
     ) -> None:
         self.options = options
+        self.total = total
+        # Set by a driver that shares workers between calls (the pool's dispatcher):
+        # ``admit()`` says whether one more task may start, ``on_submit(handle)`` is told
+        # of each task started.
+        self.admit: Callable[[], bool] | None = None
+        self.on_submit: Callable[[Any], None] | None = None
         self.backend = backend
         self._input = iterator
         self._store = store
@@ -162,7 +172,9 @@ class _MapRun:
         if len(self.in_flight) + buffered >= self.window:
             return False
         limit = self._max_buffered_items
-        return limit is None or self._buffered_items < limit
+        if limit is not None and self._buffered_items >= limit:
+            return False
+        return self.admit is None or self.admit()
 
     def fill(self) -> None:
         """Read and submit input until the window is full or the input ends."""
@@ -208,6 +220,8 @@ class _MapRun:
         self.in_flight[handle] = batch
         self._submitted += len(send)
         self._batches_submitted += 1
+        if self.on_submit is not None:
+            self.on_submit(handle)
 
     # -- collecting results --------------------------------------------------------------
 
@@ -264,20 +278,33 @@ class _MapRun:
         return self._ready.popleft() if self._ready else None
 
     @property
+    def input_done(self) -> bool:
+        """The input is read to its end (or stopped): no more tasks will start."""
+        return self._exhausted
+
+    @property
     def drained(self) -> bool:
         """Nothing more will come: input read, nothing in flight or buffered."""
         return self._exhausted and not self.in_flight and not self._buffered
 
     # -- yielding ------------------------------------------------------------------------
 
+    def take(
+        self, batch: _Batch
+    ) -> tuple[list[Any] | None, list[Any], dict[int, ItemError] | None]:
+        """``(items, values, errors)`` of ``batch`` (``items`` when kept), with the worker
+        tracebacks attached; the batch stops counting against the window."""
+        self._buffered -= 1
+        self._buffered_items -= batch.size
+        values, errors = self._merge(batch)
+        return batch.items, values, errors
+
     def emit(self, batch: _Batch) -> Iterator[Any]:
         """The outputs of ``batch`` in its order (raising errors unless safe).
 
         The batch stops counting against the window once handed out here.
         """
-        self._buffered -= 1
-        self._buffered_items -= batch.size
-        values, errors = self._merge(batch)
+        _, values, errors = self.take(batch)
         if not errors and not self.options.ret_args and self.halt_output is None:
             return iter(values)  # the hot path: no per-item work in Python
         return self._emit_items(batch.items, values, errors)
@@ -431,6 +458,13 @@ class RayMapIterator(MapIterator):
         return self._total
 
 
+def make_setup(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> Setup:
+    """The ``Setup`` that makes workers run ``initializer(*initargs)`` once per process,
+    under a fresh key. The initializer goes to the object store once."""
+    blob, digest = dumps_callable(initializer)
+    return uuid.uuid4().hex, digest, [ray.put(blob)], initargs
+
+
 def _length(iterable: Iterable[Any]) -> int | None:
     try:
         return len(iterable)  # type: ignore[arg-type]
@@ -487,6 +521,13 @@ class RayMap(Generic[R]):
         batched: ``fn`` takes a whole batch (a list of items) and returns a list of as many
             results - vectorized numpy work, model inference. A ``timeout`` then applies to
             each call; a wrong length is a ``BatchLengthError`` for each item of the batch.
+        initializer: ``initializer(*initargs)`` runs once in each worker process before
+            that process runs its first item of this ``RayMap`` (state it sets up - a
+            connection, a model, a global in ``__main__`` - is there for later items).
+            If it raises, the items of that task fail with ``BrokenPoolError``.
+        initargs: the initializer's arguments (through Ray's serializer).
+        max_tasks_per_worker: a worker process exits after running this many tasks
+            (batches) and Ray starts a fresh one; ``None``: never.
         sequential: run everything in the calling thread, with no Ray at all: same
             ordering, ``ret_args``, ``safe_exceptions``, ``on_error`` and checkpoint
             behaviour, and ``pdb`` works in ``fn``. A timeout interrupts an item as in a
@@ -517,12 +558,25 @@ class RayMap(Generic[R]):
         tail_min_batch_size: int = 1,
         unpack: Unpack = "auto",
         batched: bool = False,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        max_tasks_per_worker: int | None = None,
         sequential: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"RayMap needs a callable, got {type(fn).__name__}: {fn!r}")
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, got {type(on_error).__name__}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+        if max_tasks_per_worker is not None and (
+            not isinstance(max_tasks_per_worker, int)
+            or isinstance(max_tasks_per_worker, bool)
+            or max_tasks_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_tasks_per_worker must be an int >= 1 or None, got {max_tasks_per_worker!r}"
+            )
         for name, value in (("runtime_env", runtime_env), ("remote_options", remote_options)):
             if value is not None and not isinstance(value, dict):
                 raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
@@ -544,6 +598,13 @@ class RayMap(Generic[R]):
         self._remote_options = dict(remote_options) if remote_options else {}
         self._on_error = on_error
         self._sequential = sequential
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks_per_worker = max_tasks_per_worker
+        # The initializer as workers receive it, made on first use; a pool facade that
+        # runs several RayMaps as one pool sets its own, so they share one key.
+        self._setup: Setup | None = None
+        self._sequential_initialized = False
         self._store: PickleFileStore | None = None
         self._started_ray = False
         if init_if_needed and not sequential:
@@ -572,8 +633,16 @@ class RayMap(Generic[R]):
         if ensure_ray(self._address, password=self._password, runtime_env=self._runtime_env):
             self._started_ray = True
 
+    def _worker_setup(self) -> Setup | None:
+        if self._setup is None and self._initializer is not None:
+            self._setup = make_setup(self._initializer, self._initargs)
+        return self._setup
+
     def _backend(self, options: MapOptions) -> Backend:
         if self._sequential:
+            if self._initializer is not None and not self._sequential_initialized:
+                self._initializer(*self._initargs)
+                self._sequential_initialized = True
             return InlineBackend(
                 self.fn, unpack=options.unpack, timeout=options.timeout, batched=options.batched
             )
@@ -589,6 +658,8 @@ class RayMap(Generic[R]):
             timeout=options.timeout,
             batched=options.batched,
             remote_options=remote_options,
+            setup=self._worker_setup(),
+            max_calls=self._max_tasks_per_worker,
         )
 
     def _checkpoint(self) -> PickleFileStore | None:

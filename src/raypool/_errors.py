@@ -5,6 +5,10 @@ Every class subclasses the stdlib type a user of ``multiprocessing`` or
 change which ``except`` clause fires::
 
     RayPoolError(Exception)                         base for everything raypool raises itself
+    ├─ PoolClosedError(RayPoolError, ValueError, RuntimeError)
+    │                                               you closed the pool: ``Pool`` code expects
+    │                                               a ``ValueError``, ``Executor`` code a
+    │                                               ``RuntimeError``
     ├─ BrokenPoolError(RayPoolError, BrokenProcessPool)
     │                                               Ray failed under a task (worker or node lost);
     │                                               ``__cause__`` is the Ray error
@@ -36,6 +40,7 @@ __all__ = [
     "BrokenPoolError",
     "CheckpointError",
     "ClusterUnreachableError",
+    "PoolClosedError",
     "RayPoolError",
     "RemoteError",
     "RemoteTraceback",
@@ -46,6 +51,14 @@ __all__ = [
 
 class RayPoolError(Exception):
     """Base class of the exceptions raypool raises itself."""
+
+
+class PoolClosedError(RayPoolError, ValueError, RuntimeError):
+    """The pool was closed, shut down or terminated, so it takes no new work.
+
+    ``multiprocessing.Pool`` raises ``ValueError("Pool not running")`` here and
+    ``concurrent.futures`` a ``RuntimeError``: this is both.
+    """
 
 
 class BrokenPoolError(RayPoolError, BrokenProcessPool):

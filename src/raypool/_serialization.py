@@ -1,13 +1,26 @@
-"""Serialization of the mapped callable with dill: the only module that imports dill.
+"""Serialization of callables with dill: the only module that imports dill.
 
-The callable is serialized once per map call and shipped once through the object store;
-items and results never pass through here, they go through Ray's own serializer (which is
-zero-copy for numpy arrays).
+A callable is serialized once per call and shipped once through the object store; items and
+results never pass through here, they go through Ray's own serializer (which is zero-copy
+for numpy arrays).
+
+dill serializes functions defined in ``__main__`` (and lambdas, closures) by value, and any
+other function by reference - its module name - which a worker must then import. A module
+the driver imported from a directory of its own (a project directory, a test directory that
+pytest put on ``sys.path``) is not on a Ray worker's path, so the blob carries those
+directories with it and the worker puts them in front of its ``sys.path`` before loading,
+as ``multiprocessing``'s spawn start method gives each child its parent's ``sys.path``.
+Directories that do not exist where the worker runs (another node) are skipped; the error
+then says to ship the code with ``runtime_env``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
+import sys
+import sysconfig
 from collections.abc import Callable
 from typing import Any
 
@@ -15,14 +28,36 @@ import dill
 
 from ._errors import SerializationError
 
-__all__ = ["dumps_callable", "item_key", "loads_callable"]
+__all__ = ["dumps_callable", "fingerprint", "item_key", "loads_callable", "user_paths"]
+
+
+def _system_dirs() -> tuple[str, ...]:
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    dirs.update(p for p in sysconfig.get_paths().values() if p)
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+
+
+_SYSTEM_DIRS = _system_dirs()
+
+
+def user_paths() -> tuple[str, ...]:
+    """The directories on this process's ``sys.path`` that are neither the interpreter's
+    nor an environment's (``site-packages``): where the user's own modules come from."""
+    paths: list[str] = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if not os.path.isdir(path) or os.path.join(path, "").startswith(_SYSTEM_DIRS):
+            continue
+        if path not in paths:
+            paths.append(path)
+    return tuple(paths)
 
 
 def dumps_callable(fn: Callable[..., Any]) -> tuple[bytes, str]:
     """Serialize ``fn`` (a function, lambda, closure, partial or callable object).
 
     Returns:
-        ``(blob, digest)``: the dill bytes and a hex digest that identifies them, which
+        ``(blob, digest)``: the bytes to ship, and a digest that identifies them, which
         workers use to cache the deserialized callable.
 
     Raises:
@@ -30,19 +65,38 @@ def dumps_callable(fn: Callable[..., Any]) -> tuple[bytes, str]:
             message names the object and the reason.
     """
     try:
-        blob = dill.dumps(fn, recurse=True)
+        payload = dill.dumps(fn, recurse=True)
     except Exception as exc:
         raise SerializationError(
-            f"cannot serialize the callable {fn!r} to send it to Ray workers: "
-            f"{type(exc).__name__}: {exc}"
+            f"cannot serialize {fn!r} to send it to Ray workers: {type(exc).__name__}: {exc}"
         ) from exc
+    blob = pickle.dumps((user_paths(), payload), protocol=pickle.HIGHEST_PROTOCOL)
     return blob, hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def loads_callable(blob: bytes) -> Callable[..., Any]:
-    """Inverse of ``dumps_callable``."""
-    fn: Callable[..., Any] = dill.loads(blob)
+    """Inverse of ``dumps_callable``; first puts the driver's own directories that exist
+    here in front of ``sys.path``."""
+    paths, payload = pickle.loads(blob)
+    missing = [p for p in paths if p not in sys.path and os.path.isdir(p)]
+    sys.path[:0] = missing
+    fn: Callable[..., Any] = dill.loads(payload)
     return fn
+
+
+def fingerprint(fn: Callable[..., Any]) -> str:
+    """A readable, stable identity of ``fn`` for checkpoint keys: its module and qualified
+    name plus a hash of its code, defaults and closure as dill serializes them, so that
+    editing the function gives a new fingerprint."""
+    target = getattr(fn, "func", fn)  # functools.partial: name it after the function
+    module = getattr(target, "__module__", None) or type(target).__module__
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    try:
+        payload = dill.dumps(fn, recurse=True)
+    except Exception as exc:
+        raise SerializationError(f"cannot serialize {fn!r}: {exc}") from exc
+    digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
+    return f"{module}.{name}-{digest}"
 
 
 def item_key(item: Any) -> str:

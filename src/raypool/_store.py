@@ -18,11 +18,26 @@ from typing import Any, Protocol
 from ._errors import CheckpointError
 from ._outcome import ItemError
 
-__all__ = ["CheckpointStore", "PickleFileStore", "Recorded"]
+__all__ = ["CACHE_DIR_ENV", "CheckpointStore", "PickleFileStore", "Recorded", "checkpoint_file"]
+
+#: Environment variable that moves raypool's cache directory (checkpoints) elsewhere.
+CACHE_DIR_ENV = "RAYPOOL_CACHE_DIR"
 
 #: A recorded outcome: ``(False, value)`` for a result, ``(True, (exception, traceback))``
 #: for an application error.
 Recorded = tuple[bool, Any]
+
+
+def checkpoint_file(name: str) -> str:
+    """The file of the checkpoint called ``name`` in raypool's cache directory:
+    ``$RAYPOOL_CACHE_DIR`` or the user cache directory of ``platformdirs``. The directory
+    is created readable by the current user only: loading a checkpoint runs pickle code."""
+    import platformdirs
+
+    root = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir("raypool")
+    directory = os.path.join(root, "checkpoints")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return os.path.join(directory, f"{name}.ckpt")
 
 
 class CheckpointStore(Protocol):

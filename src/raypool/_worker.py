@@ -23,14 +23,18 @@ its timeout is then reported as timed out when it returns.
 
 from __future__ import annotations
 
+import builtins
+import functools
+import os
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
-from types import FrameType, TracebackType
+from types import FrameType, FunctionType, TracebackType
 from typing import Any
 
 import ray
@@ -38,11 +42,17 @@ import ray.cloudpickle
 
 from ._cancel import CancelWatcher
 from ._config import Unpack
-from ._errors import BatchLengthError, RemoteError, SerializationError, TaskTimeoutError
+from ._errors import (
+    BatchLengthError,
+    BrokenPoolError,
+    RemoteError,
+    SerializationError,
+    TaskTimeoutError,
+)
 from ._outcome import BatchResult, ItemError
 from ._serialization import loads_callable
 
-__all__ = ["TICK_SECONDS", "execute_batch", "run_batch"]
+__all__ = ["TICK_SECONDS", "Setup", "execute_batch", "execute_batch_max_calls", "run_batch"]
 
 #: While a batch runs, SIGALRM fires this often. Lower makes a cancelled task stop sooner;
 #: each tick interrupts the user's code briefly.
@@ -121,6 +131,8 @@ def _caller(fn: Callable[..., Any], unpack: Unpack, items: Sequence[Any]) -> Cal
         return lambda item: fn(*item)
     if unpack == "kwargs":
         return lambda item: fn(**item)
+    if unpack == "call":
+        return lambda item: fn(*item[0], **item[1])
     # "auto": when no item of the batch is a tuple or a dict (the usual case), call fn
     # directly instead of testing every item; set(map(type, ...)) runs at C speed.
     if not any(issubclass(kind, (tuple, dict)) for kind in set(map(type, items))):
@@ -256,32 +268,133 @@ def _run_batched(
     return values, {}, set()
 
 
-_callables: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+#: ``(pool key, digest)`` -> the deserialized callable (``pool key`` is ``None`` outside a
+#: pool with an initializer, where callables need no shared namespace).
+_callables: OrderedDict[tuple[str | None, str], Callable[..., Any]] = OrderedDict()
 
 
-def _resolve(digest: str, box: list[Any]) -> Callable[..., Any]:
+def _resolve(
+    digest: str, box: list[Any], namespace: _Namespace | None = None
+) -> Callable[..., Any]:
     """The callable ``digest`` names, from this process's cache or from ``box``.
 
     ``box`` holds the serialized callable, or the ObjectRef of it inside a list, so that Ray
-    does not fetch it for every task: only a cache miss reads it.
+    does not fetch it for every task: only a cache miss reads it. With a ``namespace``, the
+    callable's ``__main__`` functions are adopted into it (see ``_Namespace``).
     """
-    fn = _callables.get(digest)
+    cache_key = (namespace.key if namespace is not None else None, digest)
+    fn = _callables.get(cache_key)
     if fn is None:
         try:
             payload = box[0]
             fn = loads_callable(payload if isinstance(payload, bytes) else ray.get(payload))
         except Exception as exc:
             raise SerializationError(
-                f"a Ray worker cannot load the mapped function ({type(exc).__name__}: {exc}); "
+                f"a Ray worker cannot load the function to run ({type(exc).__name__}: {exc}); "
                 "its module must be importable on the workers: define it in __main__, or "
                 "ship your code with runtime_env={'working_dir': ...} or 'py_modules'"
             ) from exc
-        _callables[digest] = fn
+        if namespace is not None:
+            fn = namespace.adopt(fn)
+        _callables[cache_key] = fn
         while len(_callables) > CALLABLE_CACHE_SIZE:
             _callables.popitem(last=False)
     else:
-        _callables.move_to_end(digest)
+        _callables.move_to_end(cache_key)
     return fn
+
+
+#: What a pool with an initializer sends with each task: ``(pool key, digest, box,
+#: initargs)``; the worker runs ``initializer(*initargs)`` before the pool's first item in
+#: this process. ``digest`` and ``box`` carry the initializer as ``_resolve`` reads them.
+Setup = tuple[str, str, list[Any], tuple[Any, ...]]
+
+#: Pools whose namespace a worker process keeps (least recently used dropped first; a
+#: dropped pool would run its initializer again).
+NAMESPACES_KEPT = 64
+_MISSING = object()
+
+
+class _Namespace:
+    """The module globals that one pool's ``__main__`` functions share in this process.
+
+    dill ships a ``__main__`` function with a private copy of the globals it reads, so an
+    initializer that sets a global would set it where the mapped function never looks
+    (ray-project/ray#37705). Instead, every ``__main__`` function of the pool - the
+    initializer, the mapped and submitted functions, and the ``__main__`` functions their
+    globals reach - is rebound to this one dict, as they would share their module under
+    ``multiprocessing``. A newly loaded function brings the driver's current values of the
+    globals it reads, except those the initializer set, which stay as it left them.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.globals: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self.pinned: set[str] = set()
+        self.ready = False
+
+    def adopt(self, fn: Any) -> Any:
+        if isinstance(fn, functools.partial):
+            return functools.partial(self.adopt(fn.func), *fn.args, **fn.keywords)
+        return self._rebind(fn, {})
+
+    def _rebind(self, fn: Any, done: dict[int, Any]) -> Any:
+        if (
+            not isinstance(fn, FunctionType)
+            or fn.__module__ != "__main__"
+            or fn.__globals__ is self.globals
+            or fn.__globals__ is getattr(sys.modules.get("__main__"), "__dict__", None)
+        ):
+            return fn
+        if id(fn) in done:
+            return done[id(fn)]
+        new = FunctionType(fn.__code__, self.globals, fn.__name__, fn.__defaults__, fn.__closure__)
+        new.__kwdefaults__ = fn.__kwdefaults__
+        new.__qualname__ = fn.__qualname__
+        new.__doc__ = fn.__doc__
+        new.__dict__.update(fn.__dict__)
+        done[id(fn)] = new
+        for name, value in fn.__globals__.items():
+            if name in self.pinned and name in self.globals:
+                continue
+            self.globals[name] = self._rebind(value, done)
+        return new
+
+    def initialize(self, digest: str, box: list[Any], initargs: tuple[Any, ...]) -> None:
+        """Run the pool's initializer here; remember the globals it set."""
+        initializer = _resolve(digest, box, self)
+        before = dict(self.globals)
+        initializer(*initargs)
+        self.pinned.update(
+            name for name, value in self.globals.items() if before.get(name, _MISSING) is not value
+        )
+        self.ready = True
+
+
+_namespaces: OrderedDict[str, _Namespace] = OrderedDict()
+
+
+def _set_up(setup: Setup) -> tuple[_Namespace, ItemError | None]:
+    """This process's namespace of the pool, its initializer run once; or the error the
+    initializer raised (it runs again on the pool's next task here)."""
+    key, digest, box, initargs = setup
+    namespace = _namespaces.get(key)
+    if namespace is None:
+        namespace = _namespaces[key] = _Namespace(key)
+        while len(_namespaces) > NAMESPACES_KEPT:
+            _namespaces.popitem(last=False)
+    else:
+        _namespaces.move_to_end(key)
+    if not namespace.ready:
+        try:
+            namespace.initialize(digest, box, initargs)
+        except Exception as exc:
+            error = BrokenPoolError(
+                f"the pool's initializer failed in worker process {os.getpid()}: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            return namespace, (error, _format(exc))
+    return namespace, None
 
 
 def _portable(error: ItemError) -> ItemError:
@@ -310,10 +423,18 @@ def _execute_batch(
     timeout: float | None,
     batched: bool,
     cancel_key: str,
+    setup: Setup | None = None,
 ) -> BatchResult:
     _watcher.begin(cancel_key)
     try:
-        fn = _resolve(digest, box)
+        namespace = None
+        if setup is not None:
+            namespace, failure = _set_up(setup)
+            if failure is not None:
+                every = range(len(items))
+                errors = dict.fromkeys(every, failure)
+                return BatchResult([None] * len(items), errors, 0.0, frozenset(every))
+        fn = _resolve(digest, box, namespace)
         result = run_batch(
             fn,
             items,
@@ -332,3 +453,10 @@ def _execute_batch(
 
 #: The Ray task that runs one batch. Defined at import; Ray needs no ``init`` for that.
 execute_batch = ray.remote(_execute_batch)
+
+
+@functools.cache
+def execute_batch_max_calls(max_calls: int) -> Any:
+    """``execute_batch`` in a worker process that exits after ``max_calls`` tasks of it
+    (Ray accepts ``max_calls`` only here, not in ``.options()``)."""
+    return ray.remote(max_calls=max_calls)(_execute_batch)

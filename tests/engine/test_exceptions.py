@@ -113,11 +113,22 @@ def test_first_error_cancels_the_rest() -> None:
     assert wait_until_idle()
 
 
+def test_a_module_only_on_the_drivers_path_reaches_the_workers(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "driver_side_module.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import driver_side_module  # type: ignore[import-not-found]
+
+    assert RayMap(driver_side_module.double).map([1, 2]) == [2, 4]
+
+
 def test_function_workers_cannot_import_is_a_clear_error(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "only_on_the_driver.py").write_text("def double(x):\n    return 2 * x\n")
+    # As on another node: the driver imported the module from a file the workers lack.
+    source = tmp_path / "only_on_the_driver.py"
+    source.write_text("def double(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import only_on_the_driver  # type: ignore[import-not-found]
 
+    source.unlink()
     ckpt = tmp_path / "c.ckpt"
     rmap = RayMap(only_on_the_driver.double, checkpoint_path=str(ckpt))
     with pytest.raises(SerializationError, match="only_on_the_driver") as info:

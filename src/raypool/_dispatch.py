@@ -1,0 +1,272 @@
+"""The pool's scheduler thread: runs many map calls at once, woken by Ray, never polling.
+
+An engine iterator (``RayMap.imap``) makes progress while its consumer pulls. A pool must also
+make progress on work nobody is waiting for yet (``apply_async``, ``submit``, ``map_async``),
+and cap how many tasks of all its calls run at once. ``Dispatcher`` does both with one
+daemon thread per pool, driving each call's ``_MapRun`` - the engine's one scheduler::
+
+    caller threads --start / cancel / wake--+
+                                            v
+    Ray (ObjectRef.future callbacks) --done--> events --> dispatcher thread:
+                                                            complete the finished task,
+                                                            hand ready batches to the Sink,
+                                                            start tasks while the cap allows,
+                                                            close the calls that ended
+
+* A call's ``_MapRun`` is created in the caller's thread (so a bad argument or an
+  unserializable function raises there, before anything runs) and from then on touched only
+  by the dispatcher thread.
+* ``Sink`` is what receives a call's outputs: a future, a list, or a stream with
+  back-pressure. Its methods run in the dispatcher thread and must not block.
+* Tasks in flight across all calls never exceed ``max_in_flight``; calls waiting for room
+  are served first come, first served. A call that holds as much as its own window allows
+  (a stream nobody reads) waits without holding the others up.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from typing import Any, Protocol
+
+from ._engine import _MapRun
+from ._outcome import ItemError
+
+__all__ = ["Call", "Dispatcher", "Sink"]
+
+logger = logging.getLogger("raypool")
+
+
+class Sink(Protocol):
+    """Receives the outputs of one call, in the dispatcher thread."""
+
+    def begin(self) -> bool:
+        """The call is about to start its first task. ``False``: it was cancelled."""
+
+    def room(self) -> bool:
+        """Whether ``put`` may be called now (``False`` applies back-pressure)."""
+
+    def put(
+        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
+    ) -> bool:
+        """One finished batch, in the call's output order. ``False``: stop the call."""
+
+    def end(self, error: BaseException | None) -> None:
+        """The call is over: after its last ``put``, or because of ``error``."""
+
+
+class Call:
+    """One call the dispatcher runs: a ``_MapRun`` and where its outputs go."""
+
+    __slots__ = ("ended", "queued", "run", "sink", "started")
+
+    def __init__(self, run: _MapRun, sink: Sink) -> None:
+        self.run = run
+        self.sink = sink
+        self.started = False
+        self.queued = False  # in the dispatcher's queue of calls wanting to start tasks
+        self.ended = False
+
+
+# Events for the dispatcher thread.
+_START = "start"
+_DONE = "done"
+_WAKE = "wake"
+_CANCEL = "cancel"
+_CANCEL_ALL = "cancel-all"
+_STOP = "stop"
+
+
+class Dispatcher:
+    """Runs calls in a background thread, at most ``max_in_flight`` tasks at once.
+
+    Args:
+        max_in_flight: the most tasks of all calls in flight at once, or ``None``.
+        name: the thread's name.
+    """
+
+    def __init__(self, max_in_flight: int | None, name: str = "raypool-dispatcher") -> None:
+        self._limit = max_in_flight
+        self._name = name
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._waiting: deque[Call] = deque()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0  # calls started and not ended
+        self._calls: dict[Call, None] = {}  # the same calls, in the dispatcher thread
+        self._thread: threading.Thread | None = None
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def start(self, run: _MapRun, sink: Sink) -> Call:
+        """Hand ``run`` to the dispatcher; its outputs go to ``sink``."""
+        call = Call(run, sink)
+        with self._lock:
+            self._active += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+        self._events.put((_START, call))
+        return call
+
+    def wake(self, call: Call) -> None:
+        """``call``'s sink has room again."""
+        self._events.put((_WAKE, call))
+
+    def cancel(self, call: Call, error: BaseException | None = None) -> None:
+        """End ``call`` now, its tasks in flight cancelled; its sink ends with ``error``."""
+        self._events.put((_CANCEL, call, error))
+
+    def cancel_all(self, error: BaseException) -> None:
+        """End every call, as ``cancel`` does."""
+        self._events.put((_CANCEL_ALL, error))
+
+    @property
+    def active(self) -> int:
+        """Calls started and not ended."""
+        return self._active
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no call is active; ``False`` if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def stop(self) -> None:
+        """End the thread once it has handled the events before this one (idempotent)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._events.put((_STOP,))
+            if thread is not threading.current_thread():
+                thread.join()
+
+    # -- the dispatcher thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            events = [self._events.get()]
+            # A burst of completions is handled as one: one pass of filling after them all.
+            while True:
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            for event in events:
+                if event[0] is _STOP:
+                    self._end_all(None)
+                    return
+                self._handle(event)
+            self._fill()
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind is _CANCEL_ALL:
+            self._end_all(event[1])
+            return
+        call: Call = event[1]
+        if call.ended:
+            return
+        try:
+            if kind is _START:
+                self._calls[call] = None
+                self._enqueue(call)
+            elif kind is _DONE:
+                handle = event[2]
+                if handle not in call.run.in_flight:
+                    return  # cancelled meanwhile
+                self._in_flight -= 1
+                call.run.complete(handle)
+                self._deliver(call)
+                self._enqueue(call)
+            elif kind is _WAKE:
+                self._deliver(call)
+                self._enqueue(call)
+            elif kind is _CANCEL:
+                self._end(call, event[2])
+        except BaseException as exc:  # the thread must survive any call
+            self._end(call, exc)
+
+    def _enqueue(self, call: Call) -> None:
+        if not call.ended and not call.queued and not call.run.input_done:
+            call.queued = True
+            self._waiting.append(call)
+
+    def _fill(self) -> None:
+        waiting = self._waiting
+        while waiting and (self._limit is None or self._in_flight < self._limit):
+            call = waiting[0]
+            if call.ended:
+                waiting.popleft()
+                continue
+            try:
+                if not call.started:
+                    call.started = True
+                    if not call.sink.begin():
+                        waiting.popleft()
+                        call.queued = False
+                        self._end(call, None)
+                        continue
+                    run = call.run
+                    run.admit = self._admit
+                    run.on_submit = lambda handle, call=call: self._submitted(call, handle)
+                call.run.fill()
+                self._deliver(call)  # a replayed or empty input can be done already
+            except BaseException as exc:
+                self._end(call, exc)
+            if self._limit is not None and self._in_flight >= self._limit and not call.ended:
+                break  # the cap stopped it: it stays first in line
+            waiting.popleft()
+            call.queued = False
+
+    def _admit(self) -> bool:
+        return self._limit is None or self._in_flight < self._limit
+
+    def _submitted(self, call: Call, handle: Any) -> None:
+        self._in_flight += 1
+        call.run.backend.notify(handle, lambda done: self._events.put((_DONE, call, done)))
+
+    def _deliver(self, call: Call) -> None:
+        run, sink = call.run, call.sink
+        while sink.room():
+            batch = run.pop_ready()
+            if batch is None:
+                break
+            if not sink.put(*run.take(batch)):
+                self._end(call, None, ended_by_sink=True)
+                return
+        if run.drained:
+            self._end(call, run.input_error)
+
+    def _end(
+        self,
+        call: Call,
+        error: BaseException | None,
+        *,
+        ended_by_sink: bool = False,
+    ) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        self._calls.pop(call, None)
+        self._in_flight -= len(call.run.in_flight)
+        try:
+            call.run.close()
+        except BaseException as exc:  # e.g. the checkpoint could not be written
+            error = error or exc
+        if not ended_by_sink:
+            try:
+                call.sink.end(error)
+            except BaseException:
+                logger.exception("raypool: a result handler failed")
+        with self._idle:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.notify_all()
+
+    def _end_all(self, error: BaseException | None) -> None:
+        self._waiting.clear()
+        for call in list(self._calls):
+            self._end(call, error)
