@@ -110,3 +110,34 @@ def wait_until_idle(timeout: float = 30.0, cpus: int = 2, steady: float = 0.5) -
             idle_since = None
         time.sleep(0.05)
     return False
+
+
+def divide(a: float, b: float) -> float:
+    return a / b
+
+
+def slow_square(x: int, seconds: float = 0.2) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+_STATE: list[Any] = []
+
+
+def set_state(*values: Any) -> None:
+    """An initializer: remembers ``values`` in this process."""
+    _STATE[:] = values
+
+
+def read_state(x: Any) -> tuple[Any, ...]:
+    return (*_STATE, x)
+
+
+def init_log(path: str) -> None:
+    """An initializer that appends this process's pid to ``path``."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def fail_init() -> None:
+    raise RuntimeError("initializer failed on purpose")

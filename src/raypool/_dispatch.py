@@ -212,8 +212,13 @@ class Dispatcher:
                     run = call.run
                     run.admit = self._admit
                     run.on_submit = lambda handle, call=call: self._submitted(call, handle)
-                call.run.fill()
-                self._deliver(call)  # a replayed or empty input can be done already
+                # Batches answered from the checkpoint finish without a task: deliver
+                # them, and read on while that frees room.
+                while True:
+                    call.run.fill()
+                    delivered = self._deliver(call)
+                    if not delivered or call.ended or call.run.input_done:
+                        break
             except BaseException as exc:
                 self._end(call, exc)
             if self._limit is not None and self._in_flight >= self._limit and not call.ended:
@@ -228,17 +233,22 @@ class Dispatcher:
         self._in_flight += 1
         call.run.backend.notify(handle, lambda done: self._events.put((_DONE, call, done)))
 
-    def _deliver(self, call: Call) -> None:
+    def _deliver(self, call: Call) -> int:
+        """Hand ``call``'s finished batches to its sink while it has room; end the call
+        when all is delivered. Returns how many batches were handed over."""
         run, sink = call.run, call.sink
+        delivered = 0
         while sink.room():
             batch = run.pop_ready()
             if batch is None:
                 break
+            delivered += 1
             if not sink.put(*run.take(batch)):
                 self._end(call, None, ended_by_sink=True)
-                return
+                return delivered
         if run.drained:
             self._end(call, run.input_error)
+        return delivered
 
     def _end(
         self,

@@ -779,6 +779,7 @@ class RayPool(concurrent.futures.Executor):
         rmap = RayMap(
             fn,
             batch_size=defaults.chunksize,
+            adaptive_tail_batching=defaults.chunksize is None,  # a chunksize is exact
             max_pending=core.max_pending,
             checkpoint_path=_checkpoint_path(defaults.checkpoint, fn),
             address=core.address,

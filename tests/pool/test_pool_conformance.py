@@ -1,0 +1,322 @@
+"""The same scenarios against the stdlib and raypool: same results, same exception types.
+
+Each test takes ``make``, a factory of ``multiprocessing`` pools (spawned children, since
+this process runs Ray's threads) or of ``RayPool``s, as CPython's ``create_executor_tests``
+runs one behavioural test against every executor kind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Executor,
+    Future,
+    as_completed,
+    wait,
+)
+from concurrent.futures import ProcessPoolExecutor as StdExecutor
+from typing import Any
+
+import pytest
+
+import raypool
+from helpers import (
+    add,
+    divide,
+    fail_on,
+    read_state,
+    set_state,
+    sleep_then,
+    slow_square,
+    square,
+)
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _std_pool(processes: int = 2, *args: Any, **kwargs: Any) -> Any:
+    return SPAWN.Pool(processes, *args, **kwargs)
+
+
+def _std_executor(max_workers: int = 2, *args: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("mp_context", SPAWN)
+    return StdExecutor(max_workers, *args, **kwargs)
+
+
+@pytest.fixture(params=["multiprocessing", "raypool"])
+def make_pool(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        pool = _std_pool(*args, **kwargs) if request.param == "multiprocessing" else None
+        pool = pool or raypool.Pool(*args, **kwargs)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.terminate()
+
+
+@pytest.fixture(scope="module", params=["multiprocessing", "raypool"])
+def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A running pool shared by the tests that neither close nor break it."""
+    shared = _std_pool() if request.param == "multiprocessing" else raypool.Pool()
+    yield shared
+    shared.terminate()
+
+
+@pytest.fixture(params=["concurrent.futures", "raypool"])
+def make_executor(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    made: list[Any] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        if request.param == "concurrent.futures":
+            executor = _std_executor(*args, **kwargs)
+        else:
+            executor = raypool.ProcessPoolExecutor(*args, **kwargs)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+# -- multiprocessing.Pool --------------------------------------------------------------------
+
+
+def test_map_starmap_apply(pool: Any) -> None:
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+    assert pool.map(square, range(10), 3) == [x * x for x in range(10)]  # chunksize
+    assert pool.map(square, []) == []
+    assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+    assert pool.apply(add, (1, 2)) == 3
+    assert pool.apply(fail_on, (1,), {"bad": 2}) == 1
+
+
+def test_async_results(pool: Any) -> None:
+    result = pool.apply_async(add, (2, 3))
+    assert result.get(timeout=60) == 5
+    assert result.ready()
+    assert result.successful()
+    mapped = pool.map_async(square, range(5))
+    assert mapped.get(timeout=60) == [0, 1, 4, 9, 16]
+    assert pool.starmap_async(add, [(1, 1)]).get(timeout=60) == [2]
+
+
+def test_callbacks_run_before_ready_and_map_gets_input_order(pool: Any) -> None:
+    errors: list[BaseException] = []
+    failed = pool.apply_async(divide, (1, 0), error_callback=errors.append)
+    failed.wait(60)
+    assert failed.ready()
+    assert not failed.successful()
+    assert len(errors) == 1
+    assert type(errors[0]) is ZeroDivisionError
+    values: list[Any] = []
+    done = pool.map_async(square, range(6), callback=values.append)
+    done.wait(60)
+    assert values == [[x * x for x in range(6)]]
+
+
+def test_errors_are_the_users_own_type(pool: Any) -> None:
+    with pytest.raises(ZeroDivisionError):
+        pool.apply(divide, (1, 0))
+    with pytest.raises(ValueError, match="bad item 3"):
+        pool.map(fail_on, range(6))
+    with pytest.raises(ZeroDivisionError):
+        pool.starmap_async(divide, [(1, 0)]).get(60)
+    with pytest.raises(TypeError):
+        pool.map(divide, [(1, 0)])  # map passes the tuple as one argument
+    with pytest.raises(ZeroDivisionError):
+        pool.starmap(divide, [(1, 1), (1, 0)])
+    with pytest.raises(ZeroDivisionError):
+        pool.apply_async(divide, (1, 0)).get(60)
+
+
+def test_imap_raises_at_the_item_and_goes_on(pool: Any) -> None:
+    it = pool.imap(fail_on, range(6))
+    assert [next(it), next(it), next(it)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(it)
+    assert list(it) == [4, 5]
+
+
+def test_imap_orders_and_imap_unordered_covers(pool: Any) -> None:
+    assert list(pool.imap(square, range(20))) == [x * x for x in range(20)]
+    assert list(pool.imap(square, iter(range(20)), 4)) == [x * x for x in range(20)]
+    assert sorted(pool.imap_unordered(square, range(20))) == sorted(x * x for x in range(20))
+    assert list(pool.imap(square, [])) == []
+
+
+def test_timeouts_of_waiting_are_multiprocessing_timeouts(pool: Any) -> None:
+    slow = pool.apply_async(sleep_then, (1, 1.5))
+    with pytest.raises(multiprocessing.TimeoutError):
+        slow.get(timeout=0.05)
+    with pytest.raises(ValueError, match="not ready"):
+        slow.successful()
+    assert not slow.ready()
+    it = pool.imap(slow_square, [3])
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.05)
+    assert it.next(timeout=60) == 9
+    assert slow.get(timeout=60) == 1
+
+
+def test_initializer_state_is_seen_by_the_functions(make_pool: Callable[..., Any]) -> None:
+    pool = make_pool(2, set_state, ("ready",))
+    assert pool.map(read_state, range(4)) == [("ready", x) for x in range(4)]
+    pool.close()
+    pool.join()
+
+
+def test_closed_and_terminated_pools_refuse_work(make_pool: Callable[..., Any]) -> None:
+    pool = make_pool(2)
+    with pytest.raises(ValueError, match="still running"):
+        pool.join()
+    pool.close()
+    for call in (
+        lambda: pool.map(square, [1]),
+        lambda: pool.apply_async(square, (1,)),
+        lambda: pool.imap(square, [1]),
+        lambda: pool.starmap(add, [(1, 2)]),
+    ):
+        with pytest.raises(ValueError, match="Pool not running"):
+            call()
+    pool.join()
+    other = make_pool(2)
+    other.terminate()
+    with pytest.raises(ValueError, match="Pool not running"):
+        other.map(square, [1])
+    with pytest.raises(ValueError, match="Pool not running"):
+        other.__enter__()
+
+
+def test_close_then_join_completes_submitted_work(make_pool: Callable[..., Any]) -> None:
+    pool = make_pool(2)
+    results = [pool.apply_async(square, (x,)) for x in range(8)]
+    mapped = pool.map_async(square, range(8))
+    pool.close()
+    pool.join()
+    assert [r.get(0) for r in results] == [x * x for x in range(8)]
+    assert mapped.get(0) == [x * x for x in range(8)]
+
+
+def test_context_manager_returns_the_pool(make_pool: Callable[..., Any]) -> None:
+    with make_pool(2) as pool:
+        assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_bad_arguments(make_pool: Callable[..., Any]) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        make_pool(0)
+    with pytest.raises(TypeError):
+        make_pool(2, initializer=42)
+
+
+def test_pools_cannot_be_pickled(make_pool: Callable[..., Any]) -> None:
+    import pickle
+
+    pool = make_pool(1)
+    with pytest.raises(NotImplementedError):
+        pickle.dumps(pool)
+
+
+# -- concurrent.futures ------------------------------------------------------------------------
+
+
+def test_executor_is_an_executor_with_real_futures(make_executor: Callable[..., Any]) -> None:
+    with make_executor() as executor:
+        assert isinstance(executor, Executor)
+        future = executor.submit(add, 1, b=2)
+        assert isinstance(future, Future)
+        assert future.result(timeout=60) == 3
+        futures = [executor.submit(square, x) for x in range(6)]
+        assert sorted(f.result() for f in as_completed(futures, timeout=60)) == [
+            x * x for x in range(6)
+        ]
+        done, _ = wait(futures, timeout=60)
+        assert done == set(futures)
+        first, _ = wait([executor.submit(square, 3)], return_when=FIRST_COMPLETED, timeout=60)
+        assert [f.result() for f in first] == [9]
+
+
+def test_executor_futures_carry_the_users_exception(make_executor: Callable[..., Any]) -> None:
+    with make_executor() as executor:
+        future = executor.submit(divide, 1, 0)
+        assert type(future.exception(timeout=60)) is ZeroDivisionError
+        with pytest.raises(ZeroDivisionError):
+            future.result()
+
+
+def test_done_callbacks(make_executor: Callable[..., Any]) -> None:
+    called = threading.Event()
+    seen: list[Any] = []
+
+    def record(future: Future[Any]) -> None:
+        seen.append(future.result())
+        called.set()
+
+    with make_executor() as executor:
+        executor.submit(square, 7).add_done_callback(record)
+        assert called.wait(60)
+    assert seen == [49]
+
+
+def test_executor_map_zips_iterables(make_executor: Callable[..., Any]) -> None:
+    with make_executor() as executor:
+        assert list(executor.map(square, range(5))) == [0, 1, 4, 9, 16]
+        assert list(executor.map(add, [1, 2, 3], [10, 20, 30, 40])) == [11, 22, 33]
+        assert list(executor.map(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+        with pytest.raises(ZeroDivisionError):
+            list(executor.map(divide, [1, 1], [1, 0]))
+
+
+def test_submit_after_shutdown_is_a_runtime_error(make_executor: Callable[..., Any]) -> None:
+    executor = make_executor()
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(square, 1)
+    executor.shutdown()  # idempotent
+
+
+def test_futures_not_started_can_be_cancelled(make_executor: Callable[..., Any]) -> None:
+    executor = make_executor(max_workers=1)
+    first = executor.submit(sleep_then, 1, 1.0)
+    queued = [executor.submit(square, x) for x in range(5)]
+    assert queued[-1].cancel()
+    assert queued[-1].cancelled()
+    with pytest.raises(CancelledError):
+        queued[-1].result()
+    assert first.result(timeout=60) == 1
+    assert [f.result(timeout=60) for f in queued[:-1]] == [0, 1, 4, 9]
+    executor.shutdown()
+
+
+def test_shutdown_cancel_futures(make_executor: Callable[..., Any]) -> None:
+    executor = make_executor(max_workers=1)
+    first = executor.submit(sleep_then, 1, 1.0)
+    queued = [executor.submit(square, x) for x in range(6)]
+    time.sleep(0.1)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert first.result() == 1
+    assert queued[-1].cancelled()
+    for future in queued:
+        assert future.cancelled() or future.result() == queued.index(future) ** 2
+
+
+def test_executor_initializer(make_executor: Callable[..., Any]) -> None:
+    with make_executor(initializer=set_state, initargs=("on",)) as executor:
+        assert executor.submit(read_state, 1).result(timeout=60) == ("on", 1)
+
+
+def test_executor_bad_arguments(make_executor: Callable[..., Any]) -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        make_executor(max_workers=0)
+    with pytest.raises(TypeError):
+        make_executor(initializer=42)
