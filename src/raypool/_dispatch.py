@@ -97,6 +97,7 @@ class Dispatcher:
         self._idle = threading.Condition(self._lock)
         self._active = 0  # calls started and not ended
         self._calls: dict[Call, None] = {}  # the same calls, in the dispatcher thread
+        self._closing = False
         self._thread: threading.Thread | None = None
 
     # -- any thread ---------------------------------------------------------------------------
@@ -124,6 +125,16 @@ class Dispatcher:
         """End every call, as ``cancel`` does."""
         self._events.put((_CANCEL_ALL, error))
 
+    def close(self) -> None:
+        """No more calls will start: end the thread once the active ones have ended."""
+        with self._lock:
+            self._closing = True
+            if self._active == 0:
+                self._stop_locked()
+
+    def is_current_thread(self) -> bool:
+        return self._thread is threading.current_thread()
+
     @property
     def active(self) -> int:
         """Calls started and not ended."""
@@ -137,11 +148,15 @@ class Dispatcher:
     def stop(self) -> None:
         """End the thread once it has handled the events before this one (idempotent)."""
         with self._lock:
-            thread, self._thread = self._thread, None
+            thread = self._stop_locked()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _stop_locked(self) -> threading.Thread | None:
+        thread, self._thread = self._thread, None
         if thread is not None:
             self._events.put((_STOP,))
-            if thread is not threading.current_thread():
-                thread.join()
+        return thread
 
     # -- the dispatcher thread ----------------------------------------------------------------
 
@@ -275,6 +290,8 @@ class Dispatcher:
             self._active -= 1
             if self._active == 0:
                 self._idle.notify_all()
+                if self._closing:
+                    self._stop_locked()
 
     def _end_all(self, error: BaseException | None) -> None:
         self._waiting.clear()

@@ -565,6 +565,7 @@ class _PoolCore:
             for sink in streams:  # they may take everything now: let them
                 if sink.call is not None:
                     dispatcher.wake(sink.call)
+            dispatcher.close()
 
     def join(self) -> None:
         with self.lock:
@@ -688,6 +689,7 @@ class RayPool(concurrent.futures.Executor):
             runtime_env=dict(runtime_env) if runtime_env else None,
         )
         self._owner = True
+        self._parent: RayPool | None = None
 
     # -- views and state ---------------------------------------------------------------------
 
@@ -723,12 +725,21 @@ class RayPool(concurrent.futures.Executor):
             progress=progress,
         )
         view._owner = False
+        view._parent = self  # the pool lives as long as its views: dropping it terminates
         return view
 
     @property
     def state(self) -> PoolState:
         """``RUN``, ``CLOSE`` or ``TERMINATE``."""
         return self._core.state
+
+    def _check_not_in_callback(self, method: str) -> None:
+        dispatcher = self._core._dispatcher
+        if dispatcher is not None and dispatcher.is_current_thread():
+            raise RuntimeError(
+                f"{method}() would wait for a result in the thread that delivers results "
+                "(a callback of this pool): use the _async variant there"
+            )
 
     def _check_running(self, executor: bool = False) -> None:
         state = self._core.state
@@ -929,6 +940,7 @@ class RayPool(concurrent.futures.Executor):
         overrides = _overrides(
             timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
         )
+        self._check_not_in_callback("map")
         return self._map_future("map", func, iterable, unpack, chunksize, overrides).result()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -952,6 +964,7 @@ class RayPool(concurrent.futures.Executor):
         kwds: Mapping[str, Any] = _EMPTY,
     ) -> R:
         """``func(*args, **kwds)`` in a worker; blocks until the result is ready."""
+        self._check_not_in_callback("apply")
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -1008,6 +1021,7 @@ class RayPool(concurrent.futures.Executor):
         progress: bool | None = None,
     ) -> list[Any]:
         """``map`` with each item unpacked as the arguments: ``func(*item)``."""
+        self._check_not_in_callback("starmap")
         return self.starmap_async(
             func,
             iterable,

@@ -34,7 +34,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
-from types import FrameType, FunctionType, TracebackType
+from types import CodeType, FrameType, FunctionType, ModuleType, TracebackType
 from typing import Any
 
 import ray
@@ -324,7 +324,8 @@ class _Namespace:
     initializer, the mapped and submitted functions, and the ``__main__`` functions their
     globals reach - is rebound to this one dict, as they would share their module under
     ``multiprocessing``. A newly loaded function brings the driver's current values of the
-    globals it reads, except those the initializer set, which stay as it left them.
+    globals it reads, except the data globals the initializer names or sets: those stay as
+    the initializer left them (assigned, or mutated like ``CACHE.update(...)``).
     """
 
     def __init__(self, key: str) -> None:
@@ -361,14 +362,28 @@ class _Namespace:
         return new
 
     def initialize(self, digest: str, box: list[Any], initargs: tuple[Any, ...]) -> None:
-        """Run the pool's initializer here; remember the globals it set."""
+        """Run the pool's initializer here; pin the data globals it names or sets."""
         initializer = _resolve(digest, box, self)
         before = dict(self.globals)
         initializer(*initargs)
-        self.pinned.update(
-            name for name, value in self.globals.items() if before.get(name, _MISSING) is not value
-        )
+        named = _global_names(getattr(initializer, "__code__", None))
+        for name, value in self.globals.items():
+            changed = before.get(name, _MISSING) is not value
+            code = isinstance(value, (FunctionType, type, ModuleType))
+            if changed or (name in named and not code):
+                self.pinned.add(name)
         self.ready = True
+
+
+def _global_names(code: CodeType | None) -> set[str]:
+    """The names ``code`` (and the code nested in it) may read or write as globals."""
+    if code is None:
+        return set()
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _global_names(const)
+    return names
 
 
 _namespaces: OrderedDict[str, _Namespace] = OrderedDict()

@@ -171,3 +171,44 @@ def test_constructor_arguments_are_checked() -> None:
     # context and mp_context are accepted and ignored
     raypool.Pool(context=object()).close()
     raypool.ProcessPoolExecutor(2, object()).shutdown()
+
+
+def test_a_view_keeps_its_pool_alive() -> None:
+    timed = raypool.Pool().options(timeout=30)  # the pool itself is not kept by the caller
+    gc.collect()
+    assert timed.state is PoolState.RUN
+    assert timed.map(square, [3]) == [9]
+    timed.terminate()
+
+
+def test_waiting_inside_a_callback_is_refused_not_a_deadlock() -> None:
+    errors: list[BaseException] = []
+
+    with raypool.Pool() as pool:
+
+        def callback(_: Any) -> None:
+            try:
+                pool.map(square, [1])
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        pool.apply_async(square, (2,), callback=callback).wait(60)
+    assert len(errors) == 1
+    assert "_async" in str(errors[0])
+
+
+def test_closing_without_join_ends_the_dispatcher_thread_when_work_is_done() -> None:
+    import threading
+
+    def dispatchers() -> int:
+        return sum(t.name == "raypool-dispatcher" and t.is_alive() for t in threading.enumerate())
+
+    before = dispatchers()
+    pool = raypool.Pool()
+    result = pool.map_async(square, range(10))
+    pool.close()
+    assert result.get(60) == [x * x for x in range(10)]
+    deadline = time.monotonic() + 30
+    while dispatchers() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dispatchers() == before

@@ -54,10 +54,15 @@ SCRIPT = textwrap.dedent(
 
     CONNECTION = None
     FACTOR = 3
+    CACHE = {}
 
     def connect(name):
         global CONNECTION
         CONNECTION = f"connected:{name}"
+        CACHE.update(warm=name)  # mutated, not assigned
+
+    def cached(x):
+        return CACHE.get("warm"), x
 
     def helper(x):
         return x * FACTOR
@@ -68,6 +73,7 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         with Pool(2, initializer=connect, initargs=("db",)) as pool:
             print(pool.map(work, range(3)))
+            print(pool.map(cached, range(2)))
             print(pool.map(sidecar.triple, range(3)))
             print(pool.starmap(lambda a, b: a + b, [(1, 2)]))
         with ProcessPoolExecutor(2, initializer=connect, initargs=("ex",)) as ex:
@@ -94,6 +100,7 @@ def test_main_functions_initializer_globals_and_driver_modules(tmp_path: Path) -
     lines = proc.stdout.splitlines()
     assert lines == [
         "[('connected:db', 0), ('connected:db', 3), ('connected:db', 6)]",
+        "[('db', 0), ('db', 1)]",
         "[0, 3, 6]",
         "[3]",
         "('connected:ex', 15)",
