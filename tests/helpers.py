@@ -141,3 +141,31 @@ def init_log(path: str) -> None:
 
 def fail_init() -> None:
     raise RuntimeError("initializer failed on purpose")
+
+
+def raise_runtime_error(_: Any = None) -> None:
+    raise RuntimeError(123)  # a comment the traceback shows
+
+
+def fail_first_log_rest(x: int, path: str) -> int:
+    """Item 0 fails at once; the others sleep a little, then log that they finished."""
+    if x == 0:
+        raise ValueError("first item")
+    time.sleep(0.3)
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+class SayWhenError(ValueError):
+    pass
+
+
+def exception_throwing_generator(total: int, when: int) -> Any:
+    """As CPython's test helper: raises at item ``when``, or at once if ``when == -1``."""
+    if when == -1:
+        raise SayWhenError("Somebody said when")
+    for i in range(total):
+        if i == when:
+            raise SayWhenError("Somebody said when")
+        yield i

@@ -12,5 +12,5 @@ def test_all_is_sorted_and_complete() -> None:
 def test_public_objects_report_the_package_as_their_module() -> None:
     for name in raypool.__all__:
         obj = getattr(raypool, name)
-        if isinstance(obj, type):
+        if isinstance(obj, type) and name != "RemoteTraceback":  # the stdlib's own class
             assert obj.__module__ == "raypool", name

@@ -22,8 +22,9 @@ change which ``except`` clause fires::
     ├─ RemoteError(RayPoolError)                    an exception that could not be sent back
     └─ ClusterUnreachableError(RayPoolError, ConnectionError)
                                                     ``address=`` names no reachable Ray cluster
-    RemoteTraceback(Exception)                      never raised: the worker-side traceback,
+    RemoteTraceback                                 never raised: the worker-side traceback,
                                                     attached as ``__cause__`` of the user's error
+                                                    (``multiprocessing.pool.RemoteTraceback``)
 
 This module imports nothing from raypool and nothing outside the standard library.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.pool
 import pickle
 from concurrent.futures.process import BrokenProcessPool
 
@@ -132,20 +134,14 @@ class ClusterUnreachableError(RayPoolError, ConnectionError):
     """``address=`` names a Ray cluster that cannot be reached."""
 
 
-class RemoteTraceback(Exception):
-    """The traceback of an exception as formatted in the worker.
-
-    Never raised: raypool sets it as the ``__cause__`` of the user's own exception, as
-    ``concurrent.futures.ProcessPoolExecutor`` does, so the worker-side frames show up
-    under "The above exception was the direct cause of the following exception".
-    """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+#: The traceback of an exception as formatted in the worker. Never raised: raypool sets it
+#: as the ``__cause__`` of the user's own exception, so the worker-side frames show up under
+#: "The above exception was the direct cause of the following exception". It *is*
+#: ``multiprocessing.pool.RemoteTraceback`` (``.tb`` holds the text), so code and tests that
+#: check for the stdlib's type keep working; ``submit`` futures carry
+#: ``concurrent.futures.process._RemoteTraceback`` instead, as ``ProcessPoolExecutor``'s do.
+RemoteTraceback: type[Exception]
+RemoteTraceback = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
 
 
 def attach_remote_traceback(exc: BaseException, tb: str) -> BaseException:

@@ -32,18 +32,20 @@ import os
 import re
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceback
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._config import MapOptions, Unpack
 from ._dispatch import Call, Dispatcher
 from ._engine import WINDOW_EXTRA, WINDOW_PER_CPU, RayMap, make_setup
-from ._errors import PoolClosedError
+from ._errors import PoolClosedError, RemoteTraceback
 from ._outcome import ItemError
 from ._runtime import cluster_cpus, ensure_ray
 from ._serialization import fingerprint
@@ -166,11 +168,16 @@ def _progress_bar(total: int | None, description: str) -> Any:
 
 
 class _FutureSink:
-    """One call with one item (``submit``, ``apply_async``): its outcome sets a Future."""
+    """One call with one item (``submit``, ``apply_async``): its outcome sets a Future.
 
-    def __init__(self, future: Future[Any], safe_exceptions: bool) -> None:
+    For ``submit`` (``executor=True``) the worker traceback is attached as
+    ``concurrent.futures`` attaches it, for ``apply_async`` as ``multiprocessing`` does.
+    """
+
+    def __init__(self, future: Future[Any], safe_exceptions: bool, executor: bool) -> None:
         self.future = future
         self._safe = safe_exceptions
+        self._executor = executor
 
     def begin(self) -> bool:
         return self.future.set_running_or_notify_cancel()
@@ -184,6 +191,10 @@ class _FutureSink:
         try:
             if errors:
                 exc = errors[0][0]
+                cause = exc.__cause__
+                if self._executor and isinstance(cause, RemoteTraceback):
+                    # typeshed says a traceback object; it is the formatted text
+                    exc.__cause__ = _ExecutorRemoteTraceback(str(cause))  # type: ignore[arg-type]
                 if self._safe:
                     self.future.set_result(exc)
                 else:
@@ -219,14 +230,15 @@ class _Outputs:
 class _ListSink:
     """A map-family call collected into one list (``map``, ``starmap``, their ``_async``).
 
-    Unless ``safe_exceptions``, the first failed item in input order fails the call and
-    cancels the rest.
+    Unless ``safe_exceptions``, the first failed item in input order fails the call - once
+    every item has finished, as the stdlib's ``map`` does (CPython issue #23992).
     """
 
     def __init__(self, future: Future[list[Any]], outputs: _Outputs) -> None:
         self.future = future
         self._outputs = outputs
         self._values: list[Any] = []
+        self._error: BaseException | None = None
 
     def begin(self) -> bool:
         return self.future.set_running_or_notify_cancel()
@@ -238,11 +250,14 @@ class _ListSink:
         self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
     ) -> bool:
         outputs = self._outputs
+        outputs.count(len(values))
+        if self._error is not None:
+            return True
         if errors:
             if not outputs.safe:
-                outputs.close()
-                _settle(self.future, errors[min(errors)][0])
-                return False
+                self._error = errors[min(errors)][0]
+                self._values.clear()
+                return True
             values = list(values)
             for position, (exc, _) in errors.items():
                 values[position] = exc
@@ -251,11 +266,11 @@ class _ListSink:
             self._values.extend(zip(items, values, strict=True))
         else:
             self._values.extend(values)
-        outputs.count(len(values))
         return True
 
     def end(self, error: BaseException | None) -> None:
         self._outputs.close()
+        error = self._error or error
         if error is not None:
             _settle(self.future, error)
             return
@@ -822,12 +837,14 @@ class RayPool(concurrent.futures.Executor):
             safe_exceptions=defaults.safe_exceptions, ret_args=defaults.ret_args, progress=progress
         )
 
-    def _call_future(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Future[Any]:
+    def _call_future(
+        self, fn: Callable[..., Any], args: Any, kwargs: Any, *, executor: bool
+    ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         future: Future[Any] = Future()
         defaults = self._defaults
-        sink = _FutureSink(future, defaults.safe_exceptions)
+        sink = _FutureSink(future, defaults.safe_exceptions, executor)
         self._start("submit", fn, [(tuple(args), dict(kwargs))], "call", defaults, sink=sink)
         self._core.futures.add(future)
         return future
@@ -860,15 +877,15 @@ class RayPool(concurrent.futures.Executor):
         chunksize: int | None,
         keep_order: bool,
         overrides: dict[str, Any],
+        unpack: Unpack = "none",
     ) -> IMapIterator:
-        self._check_running()
         _check_chunksize(chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         outputs = self._outputs(defaults, iterable, method)
         sink = _StreamSink(self._core, outputs)
         try:
             call = self._start(
-                method, fn, iterable, "none", defaults, keep_order=keep_order, sink=sink
+                method, fn, iterable, unpack, defaults, keep_order=keep_order, sink=sink
             )
         except BaseException:
             outputs.close()
@@ -891,12 +908,11 @@ class RayPool(concurrent.futures.Executor):
             SerializationError: ``fn`` cannot be serialized.
         """
         self._check_running(executor=True)
-        return self._call_future(fn, args, kwargs)
+        return self._call_future(fn, args, kwargs, executor=True)
 
     def map(  # type: ignore[override]
         self,
         func: Callable[..., R],
-        /,
         *iterables: Any,
         chunksize: int | None = None,
         timeout: float | None = None,
@@ -929,7 +945,7 @@ class RayPool(concurrent.futures.Executor):
 
         Raises:
             Exception: the first failed item's exception (in input order), unless
-                ``safe_exceptions``; the remaining work is cancelled.
+                ``safe_exceptions``, once every item has finished (as the stdlib).
             PoolClosedError: the pool was closed.
         """
         last = iterables[-1] if iterables else None
@@ -981,7 +997,9 @@ class RayPool(concurrent.futures.Executor):
         call completes. Per-call options: ``pool.options(...)``.
         """
         self._check_running()
-        return AsyncResult(self._call_future(func, args, kwds), callback, error_callback)
+        return AsyncResult(
+            self._call_future(func, args, kwds, executor=False), callback, error_callback
+        )
 
     def map_async(
         self,
@@ -1081,6 +1099,7 @@ class RayPool(concurrent.futures.Executor):
         overrides = _overrides(
             timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
         )
+        self._check_running()
         return self._imap("imap", func, iterable, chunksize, True, overrides)
 
     def imap_unordered(
@@ -1100,6 +1119,7 @@ class RayPool(concurrent.futures.Executor):
         overrides = _overrides(
             timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
         )
+        self._check_running()
         return self._imap("imap_unordered", func, iterable, chunksize, False, overrides)
 
     def close(self) -> None:
@@ -1150,9 +1170,10 @@ Pool = RayPool
 
 
 class ProcessPoolExecutor(RayPool):
-    """``RayPool`` with ``concurrent.futures.ProcessPoolExecutor``'s constructor:
+    """``RayPool`` with ``concurrent.futures.ProcessPoolExecutor``'s constructor -
     ``ProcessPoolExecutor(max_workers, mp_context, initializer, initargs, *,
-    max_tasks_per_child)``, plus ``RayPool``'s keyword-only options."""
+    max_tasks_per_child)``, plus ``RayPool``'s keyword-only options - and its lazy ``map``.
+    """
 
     def __init__(
         self,
@@ -1172,6 +1193,55 @@ class ProcessPoolExecutor(RayPool):
             max_tasks_per_child=max_tasks_per_child,
             **options,
         )
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        safe_exceptions: bool | None = None,
+        ret_args: bool | None = None,
+        checkpoint: Checkpoint = None,
+        remote_options: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[Any]:
+        """``Executor.map``: an iterator of ``fn(*args)`` over the zipped ``iterables``.
+
+        As ``concurrent.futures``: an item's exception is raised when the iteration
+        reaches it, and the rest is cancelled; ``timeout`` bounds the whole wait, from this
+        call (``TimeoutError``). Work starts at once and the input is read as results are
+        taken. For a per-item timeout use ``options(timeout=...)``. ``chunksize=None``
+        (default; the stdlib's is 1) sizes tasks automatically. Extensions as
+        ``RayPool.map``.
+
+        Raises:
+            PoolClosedError: (a ``RuntimeError``) the executor was shut down.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._check_running(executor=True)
+        iterable, unpack = _zip(iterables, "map")
+        overrides = _overrides(
+            None, safe_exceptions, ret_args, checkpoint, remote_options, progress
+        )
+        results = self._imap("map", fn, iterable, chunksize, True, overrides, unpack)
+        return _until(results, deadline)
+
+
+def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:
+    """``results`` as ``Executor.map`` yields them: waiting at most until ``deadline``; a
+    failure or an early exit cancels the rest."""
+    try:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                yield results.next(remaining)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:
+                raise concurrent.futures.TimeoutError from None
+    finally:
+        results.close()
 
 
 def _overrides(

@@ -7,7 +7,10 @@ runs one behavioural test against every executor kind.
 
 from __future__ import annotations
 
+import concurrent.futures.process
+import functools
 import multiprocessing
+import multiprocessing.pool
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +29,14 @@ import pytest
 
 import raypool
 from helpers import (
+    SayWhenError,
     add,
+    count_lines,
     divide,
+    exception_throwing_generator,
+    fail_first_log_rest,
     fail_on,
+    raise_runtime_error,
     read_state,
     set_state,
     sleep_then,
@@ -227,6 +235,42 @@ def test_pools_cannot_be_pickled(make_pool: Callable[..., Any]) -> None:
         pickle.dumps(pool)
 
 
+def test_worker_traceback_is_the_stdlibs_remote_traceback(pool: Any) -> None:
+    with pytest.raises(RuntimeError) as info:
+        pool.apply(raise_runtime_error)
+    assert info.value.args == (123,)
+    cause = info.value.__cause__
+    assert type(cause) is multiprocessing.pool.RemoteTraceback
+    assert "raise RuntimeError(123)  # a comment the traceback shows" in cause.tb
+
+
+def test_map_finishes_every_item_before_raising(pool: Any, tmp_path: Any) -> None:
+    # CPython issue #23992: map() does not fail fast.
+    log = str(tmp_path / "finished.log")
+    with pytest.raises(ValueError, match="first item"):
+        pool.map(functools.partial(fail_first_log_rest, path=log), range(4), 1)
+    assert count_lines(log) == 3
+
+
+def test_an_input_that_raises(pool: Any) -> None:
+    with pytest.raises(SayWhenError):
+        pool.map(square, exception_throwing_generator(1, -1), 1)
+    with pytest.raises(SayWhenError):
+        pool.map(square, exception_throwing_generator(10, 3), 1)
+    it = pool.imap(square, exception_throwing_generator(10, 3), 1)
+    assert [next(it) for _ in range(3)] == [0, 1, 4]
+    with pytest.raises(SayWhenError):
+        next(it)
+    it = pool.imap(square, exception_throwing_generator(1, -1), 1)
+    with pytest.raises(SayWhenError):
+        next(it)
+    expected = [x * x for x in range(10)]
+    unordered = pool.imap_unordered(square, exception_throwing_generator(10, 3), 1)
+    with pytest.raises(SayWhenError):
+        for _ in range(10):
+            expected.remove(next(unordered))
+
+
 # -- concurrent.futures ------------------------------------------------------------------------
 
 
@@ -252,6 +296,36 @@ def test_executor_futures_carry_the_users_exception(make_executor: Callable[...,
         assert type(future.exception(timeout=60)) is ZeroDivisionError
         with pytest.raises(ZeroDivisionError):
             future.result()
+
+
+def test_submit_traceback_is_the_executors_remote_traceback(
+    make_executor: Callable[..., Any],
+) -> None:
+    with make_executor() as executor:
+        exc = executor.submit(raise_runtime_error).exception(timeout=60)
+    assert type(exc) is RuntimeError
+    assert exc.args == (123,)
+    cause = exc.__cause__
+    assert type(cause) is concurrent.futures.process._RemoteTraceback
+    assert "raise RuntimeError(123)  # a comment the traceback shows" in cause.tb
+
+
+def test_executor_map_is_lazy_and_raises_at_the_item(make_executor: Callable[..., Any]) -> None:
+    with make_executor() as executor:
+        results = executor.map(divmod, [1, 1, 1, 1], [2, 3, 0, 5])
+        assert next(results) == (0, 1)
+        assert next(results) == (0, 1)
+        with pytest.raises(ZeroDivisionError):
+            next(results)
+
+
+def test_executor_map_timeout_bounds_the_whole_wait(make_executor: Callable[..., Any]) -> None:
+    with make_executor() as executor:
+        results: list[Any] = []
+        with pytest.raises(concurrent.futures.TimeoutError):
+            for value in executor.map(sleep_then, [1, 2, 3], [0, 0, 3], timeout=1):
+                results.append(value)
+        assert results == [1, 2]
 
 
 def test_done_callbacks(make_executor: Callable[..., Any]) -> None:

@@ -45,7 +45,7 @@ def _params(fn: Callable[..., Any]) -> list[inspect.Parameter]:
 def test_pool_methods_keep_the_stdlib_signature(name: str) -> None:
     ours = _params(getattr(raypool.RayPool, name))
     theirs = _params(getattr(multiprocessing.pool.Pool, name))
-    if name == "map":  # one map serves Pool and Executor: map(func, /, *iterables, chunksize)
+    if name == "map":  # one map serves Pool and Executor: map(func, *iterables, chunksize)
         assert [p.name for p in ours[:2]] == ["func", "iterables"]
         assert ours[1].kind is inspect.Parameter.VAR_POSITIONAL
         assert "chunksize" in [p.name for p in ours]
@@ -66,9 +66,16 @@ def test_executor_methods_keep_the_stdlib_signature() -> None:
     assert [(p.name, p.kind, p.default) for p in shutdown] == [
         (p.name, p.kind, p.default) for p in _params(Executor.shutdown)
     ]
-    ex_map = {p.name: p for p in _params(raypool.RayPool.map)}
-    assert ex_map["timeout"].default is None
-    assert ex_map["chunksize"].kind is inspect.Parameter.KEYWORD_ONLY
+    executor_map = _params(raypool.ProcessPoolExecutor.map)
+    std_map = _params(Executor.map)[:3]  # fn, *iterables, timeout (3.14 adds buffersize)
+    assert [(p.name, p.kind, p.default) for p in executor_map[:3]] == [
+        (p.name, p.kind, p.default) for p in std_map
+    ]
+    assert executor_map[3].name == "chunksize"
+    assert executor_map[3].kind is inspect.Parameter.KEYWORD_ONLY
+    pool_map = {p.name: p for p in _params(raypool.RayPool.map)}
+    assert pool_map["timeout"].default is None
+    assert pool_map["chunksize"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_constructors_keep_the_stdlib_signatures() -> None:
