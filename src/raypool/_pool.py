@@ -635,6 +635,8 @@ class RayPool(concurrent.futures.Executor):
             process is connected to, or starts a local one.
         runtime_env: Ray runtime environment (as ``RayMap``).
         remote_options: default Ray options of each task, e.g. ``{"num_gpus": 1}``.
+        ray_address, ray_remote_args: the names ``ray.util.multiprocessing.Pool`` gives
+            ``address`` and ``remote_options``.
         max_pending: tasks in flight (plus finished, not yet read) per call; ``-1`` sizes it
             from the cluster's CPUs.
         chunksize: default items per task; ``None`` sizes tasks from measured durations.
@@ -660,6 +662,8 @@ class RayPool(concurrent.futures.Executor):
         address: str | None = None,
         runtime_env: dict[str, Any] | None = None,
         remote_options: Mapping[str, Any] | None = None,
+        ray_address: str | None = None,
+        ray_remote_args: Mapping[str, Any] | None = None,
         max_pending: int = -1,
         chunksize: int | None = None,
         timeout: float | None = None,
@@ -668,10 +672,16 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         progress: bool = False,
     ) -> None:
-        if processes is not None and max_workers is not None:
-            raise TypeError("pass processes or max_workers, not both")
-        if maxtasksperchild is not None and max_tasks_per_child is not None:
-            raise TypeError("pass maxtasksperchild or max_tasks_per_child, not both")
+        for name, value, alias, other in (
+            ("processes", processes, "max_workers", max_workers),
+            ("maxtasksperchild", maxtasksperchild, "max_tasks_per_child", max_tasks_per_child),
+            ("address", address, "ray_address", ray_address),
+            ("remote_options", remote_options, "ray_remote_args", ray_remote_args),
+        ):
+            if value is not None and other is not None:
+                raise TypeError(f"pass {name} or {alias}, not both")
+        address = address or ray_address
+        remote_options = remote_options or ray_remote_args
         _check_count("processes", processes, "Number of processes must be at least 1")
         _check_count("max_workers", max_workers, "max_workers must be greater than 0")
         _check_count(

@@ -113,6 +113,8 @@ def test_remote_options_reach_ray(pool: raypool.RayPool) -> None:
 
     assert pool.map(cpus, [1], remote_options={"num_cpus": 0.5}) == [0.5]
     assert pool.options(remote_options={"num_cpus": 0.25}).submit(cpus, 1).result(60) == 0.25
+    with raypool.Pool(ray_remote_args={"num_cpus": 0.5}) as ray_style:  # Ray's Pool's name
+        assert ray_style.apply(cpus, (1,)) == 0.5
 
 
 def test_pool_wide_defaults_and_per_call_override() -> None:

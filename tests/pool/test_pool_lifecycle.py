@@ -162,6 +162,8 @@ def test_a_failing_callback_is_logged_and_the_result_still_ready(
 def test_constructor_arguments_are_checked() -> None:
     with pytest.raises(TypeError, match="not both"):
         raypool.Pool(2, max_workers=2)
+    with pytest.raises(TypeError, match="not both"):
+        raypool.Pool(address="auto", ray_address="auto")
     with pytest.raises(ValueError, match="maxtasksperchild"):
         raypool.Pool(maxtasksperchild=0)
     with pytest.raises(TypeError, match="processes"):
