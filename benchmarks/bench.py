@@ -1,4 +1,4 @@
-"""raypool against ray-map, multiprocessing.Pool, Ray's Pool and a raw Ray loop.
+"""raypool against ray-map, multiprocessing.Pool, ProcessPoolExecutor, Ray's Pool and raw Ray.
 
 Everything runs in one process on one local Ray instance, interleaved: each repetition
 runs every workload once with every contender, so a slow moment of the machine hits all
@@ -16,6 +16,10 @@ Workloads (see benchmarks/README.md for the targets):
     d  2,000,000-item generator, unordered imap: driver RSS growth (MB), items/s
     e  time to the first result of imap over 10,000 items, Ray already up (ms)
     f  functools.partial(f, 50 MB array) over 200 items: wall (s)
+    g  2,000 submitted calls of a tiny function (submit / apply_async): calls/s
+
+"raypool" is the engine (RayMap.imap); "RayPool" is the pool facade over it, used as
+multiprocessing code uses a Pool (imap, imap_unordered, submit).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import ray
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads
 
+import raypool
 from raypool import RayMap
 
 CPUS = 2
@@ -101,6 +106,15 @@ def make_imap(name: str, fn: Any, items: Iterable[Any], *, ordered: bool, chunk:
         # its defaults (batch_size=1, max_pending=CPUs+16), or the chunk the others get
         rm = ray_map.RayMap(fn, batch_size=chunk)
         return rm.imap(items, keep_order=ordered), lambda: None
+    if name == "RayPool":
+        rpool = raypool.Pool()
+        rpool.map(abs, range(4 * CPUS))
+        imap = rpool.imap if ordered else rpool.imap_unordered
+        return imap(fn, items), rpool.terminate
+    if name == "PPE":
+        executor = _executor()
+        # Executor.map is ordered only; it reads its whole input at once
+        return executor.map(fn, items, chunksize=max(1, chunk)), _shutdown(executor)
     if name in ("mp.Pool", "Ray's Pool"):
         if name == "mp.Pool":
             # forkserver: fork()ing this Ray driver would copy Ray's threads and handlers
@@ -115,7 +129,19 @@ def make_imap(name: str, fn: Any, items: Iterable[Any], *, ordered: bool, chunk:
     raise ValueError(name)
 
 
-ALL = ["raypool", "raw Ray", "mp.Pool", "Ray's Pool", "ray-map"]
+def _executor() -> Any:
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(CPUS, mp_context=multiprocessing.get_context("forkserver"))
+    list(executor.map(abs, range(4 * CPUS)))  # started and warm
+    return executor
+
+
+def _shutdown(executor: Any) -> Callable[[], None]:
+    return lambda: executor.shutdown(wait=True, cancel_futures=True)
+
+
+ALL = ["raypool", "RayPool", "raw Ray", "mp.Pool", "PPE", "Ray's Pool", "ray-map"]
 
 
 def consume(it: Iterable[Any]) -> int:
@@ -140,7 +166,7 @@ def timed(name: str, fn: Any, items: Any, *, ordered: bool = True, chunk: int = 
 
 def bench_a(name: str) -> dict[str, float]:
     """Tiny items: items/s. mp.Pool and Ray's Pool use their default chunksize (1)."""
-    slow = name in ("ray-map", "Ray's Pool")
+    slow = name in ("ray-map", "Ray's Pool", "PPE")
     n = N_TINY_SLOW if slow else N_TINY
     chunk = 8192 if name in ("raw Ray", "raypool tuned") else 1
     wall = timed(name, workloads.square, range(n), chunk=chunk)
@@ -231,6 +257,43 @@ def bench_f(name: str) -> dict[str, float]:
     return {"wall s": wall}
 
 
+N_CALLS = 2_000
+
+
+def bench_g(name: str) -> dict[str, float]:
+    """Submitted calls: each call is its own task (no batching across calls)."""
+    if name == "raw Ray":
+        remote = ray.remote(workloads.square)
+        started = time.perf_counter()
+        ray.get([remote.remote(i) for i in range(N_CALLS)])
+        return {"calls/s": N_CALLS / (time.perf_counter() - started)}
+    if name == "raypool" or name == "PPE":
+        pool: Any = raypool.Pool() if name == "raypool" else _executor()
+        if name == "raypool":
+            pool.map(abs, range(4 * CPUS))
+        started = time.perf_counter()
+        futures = [pool.submit(workloads.square, i) for i in range(N_CALLS)]
+        for future in futures:
+            future.result()
+        wall = time.perf_counter() - started
+        pool.shutdown()
+        return {"calls/s": N_CALLS / wall}
+    if name == "mp.Pool":
+        pool = multiprocessing.get_context("forkserver").Pool(CPUS)
+    else:
+        from ray.util.multiprocessing import Pool
+
+        pool = Pool(CPUS)
+    pool.map(abs, range(4 * CPUS))
+    started = time.perf_counter()
+    results = [pool.apply_async(workloads.square, (i,)) for i in range(N_CALLS)]
+    for result in results:
+        result.get()
+    wall = time.perf_counter() - started
+    pool.terminate()
+    return {"calls/s": N_CALLS / wall}
+
+
 BENCHES: dict[str, tuple[str, Callable[[str], dict[str, float]], list[str]]] = {
     "a": ("200k tiny items, ordered imap", bench_a, [*ALL[:1], "raypool tuned", *ALL[1:]]),
     "b": ("400 x 10 ms CPU items", bench_b, ALL),
@@ -238,6 +301,11 @@ BENCHES: dict[str, tuple[str, Callable[[str], dict[str, float]], list[str]]] = {
     "d": ("2M-item generator, unordered imap", bench_d, ALL),
     "e": ("first result of imap over 10k items", bench_e, ALL),
     "f": ("partial(f, 50 MB array) over 200 items", bench_f, ALL),
+    "g": (
+        "2,000 submitted tiny calls",
+        bench_g,
+        ["raypool", "raw Ray", "mp.Pool", "PPE", "Ray's Pool"],
+    ),
 }
 
 # Which metric is compared to raypool, and whether higher is better.
@@ -248,16 +316,17 @@ HEADLINE = {
     "d": ("RSS growth MB", False),
     "e": ("first result ms", False),
     "f": ("wall s", False),
+    "g": ("calls/s", True),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="abcdef", help="workloads to run, e.g. a,c")
+    parser.add_argument("--only", default="abcdefg", help="workloads to run, e.g. a,c")
     parser.add_argument("--skip", default="", help="contenders to leave out, comma separated")
     args = parser.parse_args()
-    chosen = [k for k in "abcdef" if k in args.only]
+    chosen = [k for k in "abcdefg" if k in args.only]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")

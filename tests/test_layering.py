@@ -19,7 +19,7 @@ ALLOWED = {
     "_batching": set(),
     "_store": {"_errors", "_outcome"},
     "_runtime": {"_errors"},
-    "_cancel": set(),
+    "_cancel": {"_runtime"},
     "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
     "_backend": {"_cancel", "_config", "_outcome", "_runtime", "_worker"},
     "_engine": {
@@ -33,7 +33,7 @@ ALLOWED = {
         "_store",
         "_worker",
     },
-    "_dispatch": {"_engine", "_outcome"},
+    "_dispatch": {"_engine", "_outcome", "_runtime"},
     "_pool": {
         "_config",
         "_dispatch",

@@ -30,7 +30,15 @@ from typing import Any
 import ray
 from ray.experimental import internal_kv
 
-__all__ = ["POLL_SECONDS", "CancelWatcher", "forget_when_done", "new_key", "raise_flag"]
+from ._runtime import at_thread_exit
+
+__all__ = [
+    "POLL_SECONDS",
+    "CancelWatcher",
+    "forget_when_done",
+    "new_key",
+    "raise_flag",
+]
 
 #: Seconds between two reads of the flag by a busy worker. Lower stops cancelled work
 #: sooner; each read is one GCS request.
@@ -74,21 +82,36 @@ class _Janitor:
         self._lock = threading.Lock()
         self._calls: dict[str, tuple[list[Any], float]] = {}
         self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._hooked = False
 
     def watch(self, key: str, refs: Sequence[Any]) -> None:
         with self._lock:
+            if self._stopping:
+                return  # the interpreter is exiting: Ray ends the job's tasks itself
             self._calls[key] = (list(refs), time.monotonic() + FORGET_AFTER)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="raypool-janitor", daemon=True
                 )
                 self._thread.start()
+                if not self._hooked:
+                    self._hooked = True
+                    at_thread_exit(self.stop)
+
+    def stop(self) -> None:
+        """Stop the thread (at interpreter exit)."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
 
     def _run(self) -> None:
         while True:
             with self._lock:
                 calls = dict(self._calls)
-                if not calls or not ray.is_initialized():
+                if not calls or self._stopping or not ray.is_initialized():
                     self._calls.clear()
                     self._thread = None
                     return
@@ -99,6 +122,8 @@ class _Janitor:
                     )
                 except Exception:  # Ray shut down under us: nothing is left to stop
                     running = []
+                if self._stopping:
+                    break
                 if running and time.monotonic() < deadline:
                     with self._lock:
                         self._calls[key] = (list(running), deadline)

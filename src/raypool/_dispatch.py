@@ -28,11 +28,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections import deque
+from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
 from ._engine import _MapRun
 from ._outcome import ItemError
+from ._runtime import at_thread_exit
 
 __all__ = ["Call", "Dispatcher", "Sink"]
 
@@ -110,6 +113,7 @@ class Dispatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
+                _running.add(self)
         self._events.put((_START, call))
         return call
 
@@ -297,3 +301,17 @@ class Dispatcher:
         self._waiting.clear()
         for call in list(self._calls):
             self._end(call, error)
+
+
+#: Dispatchers with a thread. When the main thread ends, their calls are cancelled and their
+#: threads stopped while Ray is still up (it shuts down in an ``atexit`` handler).
+_running: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+def _stop_running() -> None:
+    for dispatcher in list(_running):
+        dispatcher.cancel_all(CancelledError("the interpreter is exiting"))
+        dispatcher.stop()
+
+
+at_thread_exit(_stop_running)

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +26,13 @@ import ray.exceptions
 
 from ._errors import BrokenPoolError, ClusterUnreachableError, RemoteError
 
-__all__ = ["check_reachable", "cluster_cpus", "ensure_ray", "translate_ray_error"]
+__all__ = [
+    "at_thread_exit",
+    "check_reachable",
+    "cluster_cpus",
+    "ensure_ray",
+    "translate_ray_error",
+]
 
 #: Seconds to wait for a TCP connection to ``address`` before calling it unreachable.
 CONNECT_TIMEOUT = 5.0
@@ -149,3 +157,18 @@ def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:
         error.__cause__ = exc
         return error, ""
     return exc, ""
+
+
+def at_thread_exit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the main thread ends, before ``atexit`` handlers run - so
+    before the ``ray.shutdown()`` that ``ray.init`` registers there. A thread still calling
+    into Ray after that shutdown makes Ray's core worker end the process with status 1.
+    (``concurrent.futures`` stops its threads through the same hook.)"""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(callback)
+            return
+    except RuntimeError:  # the interpreter is already shutting down
+        return
+    atexit.register(callback)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import subprocess
+import sys
 import time
 from concurrent.futures import CancelledError, Executor
 from pathlib import Path
@@ -214,3 +216,21 @@ def test_closing_without_join_ends_the_dispatcher_thread_when_work_is_done() -> 
     while dispatchers() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dispatchers() == before
+
+
+def test_leaving_the_interpreter_with_work_in_flight(tmp_path: Path) -> None:
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import time, raypool\n"
+        "pool = raypool.Pool()\n"
+        "result = pool.apply_async(time.sleep, (3600,))  # one CPU of two, for an hour\n"
+        "it = pool.imap(abs, range(10**9))\n"
+        "next(it)\n"
+        "print('leaving')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "leaving"
+    assert "shutdown" not in proc.stderr
