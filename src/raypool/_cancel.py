@@ -7,12 +7,13 @@ worker), and the same race can lose the cancel, leaving a worker running a cance
 So raypool never calls it. Cancellation is cooperative instead:
 
 * **Driver.** Each call has a key (``new_key``). Ending the call early ``raise_flag``s it in
-  Ray's internal key-value store (one GCS write); ``forget_when_done`` deletes the key from
-  a daemon thread once the call's tasks have all ended.
+  Ray's internal key-value store (one GCS write); ``forget_when_done`` deletes the key once
+  the call's tasks have all ended (checked when calls start or are cancelled, and at exit).
 * **Worker.** While it runs a batch, ``CancelWatcher`` polls that batch's key from a daemon
-  thread, at once and then every ``POLL_SECONDS``; once the flag is up it sets an event,
-  which the worker's SIGALRM tick (``_worker``) turns into an exception inside the running
-  item. A task that starts after its call was cancelled stops within one tick.
+  thread, once the call's tasks have run there for ``FIRST_POLL_SECONDS`` and then every
+  ``POLL_SECONDS``; once the flag is up it sets an event, which the worker's SIGALRM tick
+  (``_worker``) turns into an exception inside the running item. A task that starts after
+  its call was cancelled stops within ``FIRST_POLL_SECONDS`` and a tick.
 
 Nothing here runs in the user's code path unless a call is cancelled, apart from the
 worker's poll (one small GCS read per busy worker per ``POLL_SECONDS``).
@@ -43,6 +44,10 @@ __all__ = [
 #: Seconds between two reads of the flag by a busy worker. Lower stops cancelled work
 #: sooner; each read is one GCS request.
 POLL_SECONDS = 0.5
+#: Seconds a call's tasks run in a worker before it first reads the call's flag. A task
+#: that starts after its call was cancelled stops within this (plus a tick); shorter
+#: tasks never read it, which keeps Ray's GCS out of the path of small tasks.
+FIRST_POLL_SECONDS = 0.5
 #: Seconds after which the driver stops waiting for a cancelled call's tasks to end before
 #: deleting its key (a task stuck where no interrupt reaches, e.g. in C code).
 FORGET_AFTER = 600.0
@@ -50,7 +55,8 @@ NAMESPACE = "raypool"
 
 
 def new_key() -> str:
-    """A fresh key for one call."""
+    """A fresh key for one call (and a moment to forget the keys of calls that ended)."""
+    _forgotten.sweep(now=False)
     return f"cancel:{uuid.uuid4().hex}"
 
 
@@ -75,72 +81,70 @@ def _delete(key: str) -> None:
         internal_kv._internal_kv_del(key, namespace=NAMESPACE)
 
 
-class _Janitor:
-    """Deletes the keys of cancelled calls once their tasks have ended (one daemon thread)."""
+class _Forgotten:
+    """Keys of cancelled calls whose tasks may still run: each is deleted once they have
+    all ended, or after ``FORGET_AFTER``, or at exit.
+
+    There is no thread of its own: the check runs in the thread that starts or cancels a
+    call (``new_key``, ``forget_when_done``), and once when the main thread ends. A
+    background thread calling into Ray while the user's ``ray.shutdown()`` runs makes Ray
+    end the whole process with status 1, so raypool keeps none that does so when idle.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, tuple[list[Any], float]] = {}
-        self._thread: threading.Thread | None = None
-        self._stopping = False
         self._hooked = False
+        self._swept_at = 0.0
 
-    def watch(self, key: str, refs: Sequence[Any]) -> None:
+    def add(self, key: str, refs: Sequence[Any]) -> None:
         with self._lock:
-            if self._stopping:
-                return  # the interpreter is exiting: Ray ends the job's tasks itself
             self._calls[key] = (list(refs), time.monotonic() + FORGET_AFTER)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="raypool-janitor", daemon=True
-                )
-                self._thread.start()
-                if not self._hooked:
-                    self._hooked = True
-                    at_thread_exit(self.stop)
+            if not self._hooked:
+                self._hooked = True
+                at_thread_exit(self.forget_all)
+        self.sweep()
 
-    def stop(self) -> None:
-        """Stop the thread (at interpreter exit)."""
+    def sweep(self, *, now: bool = True) -> None:
+        """Delete the keys whose tasks have all ended (one ``ray.wait`` per key); with
+        ``now=False`` at most once per ``POLL_SECONDS``."""
         with self._lock:
-            self._stopping = True
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
+            calls = list(self._calls.items())
+            if not calls or (not now and time.monotonic() < self._swept_at + POLL_SECONDS):
+                return
+            self._swept_at = time.monotonic()
+        if not ray.is_initialized():
+            return
+        now_ = time.monotonic()
+        for key, (refs, deadline) in calls:
+            try:
+                _, running = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            except Exception:  # Ray is shutting down: its tasks go with it
+                running = []
             with self._lock:
-                calls = dict(self._calls)
-                if not calls or self._stopping or not ray.is_initialized():
-                    self._calls.clear()
-                    self._thread = None
-                    return
-            for key, (refs, deadline) in calls.items():
-                try:
-                    _, running = ray.wait(
-                        refs, num_returns=len(refs), timeout=0.2, fetch_local=False
-                    )
-                except Exception:  # Ray shut down under us: nothing is left to stop
-                    running = []
-                if self._stopping:
-                    break
-                if running and time.monotonic() < deadline:
-                    with self._lock:
-                        self._calls[key] = (list(running), deadline)
+                if running and now_ < deadline:
+                    self._calls[key] = (list(running), deadline)
                     continue
+                self._calls.pop(key, None)
+            _delete(key)
+
+    def forget_all(self) -> None:
+        """At exit: Ray ends the job's tasks with the driver, so no flag is needed."""
+        with self._lock:
+            keys = list(self._calls)
+            self._calls.clear()
+        if ray.is_initialized():
+            for key in keys:
                 _delete(key)
-                with self._lock:
-                    self._calls.pop(key, None)
-            time.sleep(POLL_SECONDS)
 
 
-_janitor = _Janitor()
+_forgotten = _Forgotten()
 
 
 def forget_when_done(key: str, refs: Sequence[Any]) -> None:
     """Delete ``key`` once all of ``refs`` (tasks of a cancelled call) have ended."""
     if refs:
-        _janitor.watch(key, refs)
+        _forgotten.add(key, refs)
     else:
         _delete(key)
 
@@ -149,20 +153,25 @@ class CancelWatcher:
     """In a worker process: watches the flag of the batch being run.
 
     ``begin(key)`` before the batch, ``end()`` after; ``cancelled`` is set once the flag of
-    the current key is seen. A new key is read at once; the same key (the next batch of the
-    same call) at most every ``POLL_SECONDS``, so small batches cost no extra reads.
+    the current key is seen. A call's key is first read once its batches have run here for
+    ``FIRST_POLL_SECONDS``, then at most every ``POLL_SECONDS``: short tasks - most of
+    them - cost no read at all.
     """
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self._wake = threading.Condition()
         self._key: str | None = None
+        self._begun_key: str | None = None
+        self._begun_at = 0.0
         self._raised_key: str | None = None
         self._thread: threading.Thread | None = None
 
     def begin(self, key: str) -> None:
         with self._wake:
             self._key = key
+            if key != self._begun_key:
+                self._begun_key, self._begun_at = key, time.monotonic()
             if key == self._raised_key:
                 self.cancelled.set()
             else:
@@ -187,10 +196,13 @@ class CancelWatcher:
                     self._wake.wait()
                 key = self._key
                 if key == polled_key:
-                    pause = polled_at + POLL_SECONDS - time.monotonic()
-                    if pause > 0:
-                        self._wake.wait(pause)
-                        continue  # the batch may have ended or changed meanwhile
+                    due = polled_at + POLL_SECONDS
+                else:
+                    due = self._begun_at + FIRST_POLL_SECONDS
+                pause = due - time.monotonic()
+                if pause > 0:
+                    self._wake.wait(pause)
+                    continue  # the batch may have ended or changed meanwhile
             raised = _is_raised(key)
             polled_key, polled_at = key, time.monotonic()
             if raised:

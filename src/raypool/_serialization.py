@@ -40,9 +40,24 @@ def _system_dirs() -> tuple[str, ...]:
 _SYSTEM_DIRS = _system_dirs()
 
 
+_user_paths: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (sys.path, answer)
+
+
 def user_paths() -> tuple[str, ...]:
     """The directories on this process's ``sys.path`` that are neither the interpreter's
-    nor an environment's (``site-packages``): where the user's own modules come from."""
+    nor an environment's (``site-packages``): where the user's own modules come from.
+
+    Worked out again only when ``sys.path`` (or, if it holds ``""``, the working
+    directory) changes: resolving paths costs a few system calls per entry.
+    """
+    global _user_paths
+    key = (*sys.path, os.getcwd() if "" in sys.path else "")
+    if _user_paths is None or _user_paths[0] != key:
+        _user_paths = key, _find_user_paths()
+    return _user_paths[1]
+
+
+def _find_user_paths() -> tuple[str, ...]:
     paths: list[str] = []
     for entry in sys.path:
         path = os.path.realpath(entry or os.getcwd())

@@ -48,7 +48,7 @@ def test_flag_raised_while_a_batch_runs_is_seen() -> None:
     forget_when_done(key, [])
 
 
-def test_keys_are_deleted_once_the_tasks_end() -> None:
+def test_keys_are_deleted_once_the_tasks_end_when_calls_go_on() -> None:
     import ray
 
     @ray.remote
@@ -60,6 +60,10 @@ def test_keys_are_deleted_once_the_tasks_end() -> None:
     refs = [nap.remote() for _ in range(2)]
     forget_when_done(key, refs)
     assert internal_kv._internal_kv_get(key, namespace=NAMESPACE) is not None
+    ray.get(refs)
+    # No thread of raypool's deletes it: the next call that starts does (at most every
+    # POLL_SECONDS), so the key is gone once its tasks ended and calls go on.
     assert _wait_for(
-        lambda: internal_kv._internal_kv_get(key, namespace=NAMESPACE) is None, timeout=15
+        lambda: bool(new_key()) and internal_kv._internal_kv_get(key, namespace=NAMESPACE) is None,
+        timeout=15,
     )

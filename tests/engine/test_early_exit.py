@@ -100,3 +100,30 @@ def test_cancel_storm_cannot_crash_the_driver() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "survived" in proc.stdout
+
+
+def test_ray_shutdown_right_after_an_early_exit_is_safe() -> None:
+    # A raypool thread calling into Ray while ray.shutdown() runs makes Ray end the process
+    # with status 1; raypool keeps no such thread once its calls have ended.
+    code = textwrap.dedent(
+        """
+        import time, ray
+        from raypool import Pool, RayMap
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+
+        def nap(x):
+            time.sleep(3600 if x else 0)
+            return x
+
+        for _ in RayMap(nap, batch_size=1).imap(range(6)):
+            break
+        with Pool() as pool:
+            for _ in pool.imap(nap, range(6), chunksize=1):
+                break
+        ray.shutdown()
+        print("survived")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "survived" in proc.stdout
