@@ -91,31 +91,37 @@ def raw_imap(
 
 
 def make_imap(name: str, fn: Any, items: Iterable[Any], *, ordered: bool, chunk: int) -> Any:
-    """(iterator, close) for contender ``name``; ``chunk`` tunes the loops that need one."""
+    """(iterator, close) for contender ``name``; ``chunk`` tunes the loops that need one.
+
+    Pools are started and warm before this returns; the ``imap`` (or ``map``) call itself
+    happens at the first ``next()``, so that the clock includes it for every contender.
+    """
+    close: Callable[[], Any] = lambda: None  # noqa: E731
     if name == "raypool":
         rmap = RayMap(fn)
-        return rmap.imap(items, keep_order=ordered), lambda: None
-    if name == "raypool tuned":
+        start = functools.partial(rmap.imap, items, keep_order=ordered)
+    elif name == "raypool tuned":
         rmap = RayMap(fn, batch_size=chunk)
-        return rmap.imap(items, keep_order=ordered), lambda: None
-    if name == "raw Ray":
-        return raw_imap(fn, items, chunk, ordered), lambda: None
-    if name == "ray-map":
+        start = functools.partial(rmap.imap, items, keep_order=ordered)
+    elif name == "raw Ray":
+        start = functools.partial(raw_imap, fn, items, chunk, ordered)
+    elif name == "ray-map":
         import ray_map
 
         # its defaults (batch_size=1, max_pending=CPUs+16), or the chunk the others get
         rm = ray_map.RayMap(fn, batch_size=chunk)
-        return rm.imap(items, keep_order=ordered), lambda: None
-    if name == "RayPool":
+        start = functools.partial(rm.imap, items, keep_order=ordered)
+    elif name == "RayPool":
         rpool = raypool.Pool()
         rpool.map(abs, range(4 * CPUS))
-        imap = rpool.imap if ordered else rpool.imap_unordered
-        return imap(fn, items), rpool.terminate
-    if name == "PPE":
+        start = functools.partial(rpool.imap if ordered else rpool.imap_unordered, fn, items)
+        close = rpool.terminate
+    elif name == "PPE":
         executor = _executor()
         # Executor.map is ordered only; it reads its whole input at once
-        return executor.map(fn, items, chunksize=max(1, chunk)), _shutdown(executor)
-    if name in ("mp.Pool", "Ray's Pool"):
+        start = functools.partial(executor.map, fn, items, chunksize=max(1, chunk))
+        close = _shutdown(executor)
+    elif name in ("mp.Pool", "Ray's Pool"):
         if name == "mp.Pool":
             # forkserver: fork()ing this Ray driver would copy Ray's threads and handlers
             pool: Any = multiprocessing.get_context("forkserver").Pool(CPUS)
@@ -125,8 +131,15 @@ def make_imap(name: str, fn: Any, items: Iterable[Any], *, ordered: bool, chunk:
             pool = Pool(CPUS)
         pool.map(abs, range(4 * CPUS))  # started and warm: not part of any measurement
         imap = pool.imap if ordered else pool.imap_unordered
-        return imap(fn, items, chunksize=max(1, chunk)), pool.terminate
-    raise ValueError(name)
+        start = functools.partial(imap, fn, items, chunksize=max(1, chunk))
+        close = pool.terminate
+    else:
+        raise ValueError(name)
+    return _on_first_next(start), close
+
+
+def _on_first_next(start: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    yield from start()
 
 
 def _executor() -> Any:
