@@ -21,7 +21,7 @@ from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._outcome import BatchResult, failed_batch
 from ._runtime import cluster_cpus, translate_ray_error
-from ._worker import Setup, execute_batch, execute_batch_max_calls, run_batch
+from ._worker import Setup, TaskSpec, execute_batch, execute_batch_max_calls, run_batch
 
 __all__ = ["Backend", "InlineBackend", "RayBackend"]
 
@@ -87,7 +87,6 @@ class RayBackend:
         max_calls: int | None = None,
     ) -> None:
         self.cpus = cluster_cpus()
-        self._digest = digest
         # A small callable travels inside each task; a large one (a closure over data) goes
         # to the object store once, its ref hidden in a list from Ray's argument resolution
         # so that workers fetch it only on a cache miss instead of once per task.
@@ -95,13 +94,21 @@ class RayBackend:
         remote = execute_batch if max_calls is None else execute_batch_max_calls(max_calls)
         self._remote = remote.options(**remote_options) if remote_options else remote
         self._cancel_key = new_key()
-        self._static = (unpack, timeout, batched, self._cancel_key, setup)
+        self._spec: TaskSpec = (
+            digest,
+            self._box,
+            unpack,
+            timeout,
+            batched,
+            self._cancel_key,
+            setup,
+        )
         # Futures of refs being awaited (asyncio) or watched (``notify``): they hold the
         # result once it arrives, so ``result`` takes it from there.
         self._futures: dict[Any, asyncio.Future[Any] | concurrent.futures.Future[Any]] = {}
 
     def submit(self, items: list[Any]) -> Any:
-        return self._remote.remote(self._digest, self._box, items, *self._static)
+        return self._remote.remote(self._spec, items)
 
     def wait(self, handles: Sequence[Any]) -> Any:
         ready, _ = ray.wait(list(handles), num_returns=1)

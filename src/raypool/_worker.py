@@ -52,7 +52,14 @@ from ._errors import (
 from ._outcome import BatchResult, ItemError
 from ._serialization import loads_callable
 
-__all__ = ["TICK_SECONDS", "Setup", "execute_batch", "execute_batch_max_calls", "run_batch"]
+__all__ = [
+    "TICK_SECONDS",
+    "Setup",
+    "TaskSpec",
+    "execute_batch",
+    "execute_batch_max_calls",
+    "run_batch",
+]
 
 #: While a batch runs, SIGALRM fires this often. Lower makes a cancelled task stop sooner;
 #: each tick interrupts the user's code briefly.
@@ -430,16 +437,14 @@ def _portable(error: ItemError) -> ItemError:
 _watcher = CancelWatcher()
 
 
-def _execute_batch(
-    digest: str,
-    box: list[Any],
-    items: list[Any],
-    unpack: Unpack,
-    timeout: float | None,
-    batched: bool,
-    cancel_key: str,
-    setup: Setup | None = None,
-) -> BatchResult:
+#: What every task of one call shares: ``(digest, box, unpack, timeout, batched, cancel
+#: key, setup)``. One argument rather than seven: Ray's cost to submit a task grows with
+#: its number of arguments.
+TaskSpec = tuple[str, list[Any], Unpack, float | None, bool, str, Setup | None]
+
+
+def _execute_batch(spec: TaskSpec, items: list[Any]) -> BatchResult:
+    digest, box, unpack, timeout, batched, cancel_key, setup = spec
     _watcher.begin(cancel_key)
     try:
         namespace = None
