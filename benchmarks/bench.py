@@ -1,9 +1,9 @@
 """raypool against ray-map, multiprocessing.Pool, ProcessPoolExecutor, Ray's Pool and raw Ray.
 
 Everything runs in one process on one local Ray instance, interleaved: each repetition
-runs every workload once with every contender, so a slow moment of the machine hits all
-of them. Reported: medians over the repetitions, and each contender's ratio to raypool's
-default settings from the same run.
+runs every workload once with every contender (in a rotated order), so a slow moment of
+the machine hits all of them. Reported: medians over the repetitions, and each
+contender's ratio to raypool's default settings from the same run.
 
     pip install -e '.[bench]'
     python benchmarks/bench.py --reps 3            # the run recorded in benchmarks/README.md
@@ -348,7 +348,10 @@ def main() -> None:
     for rep in range(args.reps):
         for key in chosen:
             _, bench, contenders = BENCHES[key]
-            for name in contenders:
+            # Rotate the order each repetition: whoever runs first meets the previous
+            # contender's teardown (pool processes and actors still exiting).
+            shift = rep % len(contenders)
+            for name in contenders[shift:] + contenders[:shift]:
                 if name in skip:
                     continue
                 value = bench(name)
