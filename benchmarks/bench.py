@@ -333,6 +333,19 @@ HEADLINE = {
 }
 
 
+def _settle(timeout: float = 60.0) -> None:
+    """Let the previous contender's leftovers end - tasks still running (ray-map does not
+    cancel when its iterator is closed), garbage, background threads - so that they do not
+    slow the next contender down: collect garbage, pause, wait for every CPU to be free."""
+    gc.collect()
+    time.sleep(1.0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= CPUS:
+            return
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -354,6 +367,7 @@ def main() -> None:
             for name in contenders[shift:] + contenders[:shift]:
                 if name in skip:
                     continue
+                _settle()
                 value = bench(name)
                 results.setdefault(key, {}).setdefault(name, []).append(value)
                 print(f"rep {rep + 1} {key} {name:14} {value}", file=sys.stderr, flush=True)
