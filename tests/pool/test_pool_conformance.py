@@ -323,7 +323,7 @@ def test_executor_map_timeout_bounds_the_whole_wait(make_executor: Callable[...,
     with make_executor() as executor:
         results: list[Any] = []
         with pytest.raises(concurrent.futures.TimeoutError):
-            for value in executor.map(sleep_then, [1, 2, 3], [0, 0, 3], timeout=1):
+            for value in executor.map(sleep_then, [1, 2, 3], [0, 0, 5], timeout=2.5):
                 results.append(value)
         assert results == [1, 2]
 
