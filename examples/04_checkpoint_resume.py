@@ -1,17 +1,21 @@
-"""checkpoint_path: stop a run halfway, rerun it, and only the rest is computed.
+"""Checkpoints: stop a run halfway, rerun it, and only the rest is computed.
+
+The checkpoint lives in raypool's user cache directory under the name given here (with
+``checkpoint=True`` it would be named after the function instead); the ``raypool
+checkpoints`` command lists, shows and clears them.
 
 Run: python examples/04_checkpoint_resume.py
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import subprocess
+import sys
 import time
 
 import ray
 
-from raypool import RayMap
+from raypool import Pool
 
 
 def slow_square(x: int) -> int:
@@ -20,23 +24,23 @@ def slow_square(x: int) -> int:
 
 
 def main() -> None:
-    path = os.path.join(tempfile.mkdtemp(), "squares.ckpt")
+    cli = [sys.executable, "-m", "raypool", "checkpoints"]
+    subprocess.run([*cli, "clear", "squares-demo"], capture_output=True)  # a fresh start
 
-    first = RayMap(slow_square, checkpoint_path=path, checkpoint_every=10)
-    it = first.imap(range(100))
-    done = [next(it) for _ in range(40)]
-    it.close()  # e.g. the laptop went to sleep; finished items are on disk
+    with Pool() as pool:
+        it = pool.imap(slow_square, range(100), checkpoint="squares-demo")
+        done = [next(it) for _ in range(40)]
+        # The laptop goes to sleep, the job is preempted, the driver is killed...
     print(f"first run stopped after {len(done)} results")
 
-    second = RayMap(slow_square, checkpoint_path=path)
-    it = second.imap(range(100))
-    results = list(it)
-    stats = it.statistics()
-    print(
-        f"rerun: {len(results)} results, {stats.items_replayed} replayed, "
-        f"{stats.items_submitted} computed"
-    )
+    with Pool() as pool:
+        started = time.perf_counter()
+        results = pool.map(slow_square, range(100), checkpoint="squares-demo")
+        print(f"rerun: {len(results)} results in {time.perf_counter() - started:.1f} s")
     assert results == [x * x for x in range(100)]
+
+    subprocess.run([*cli, "show", "squares-demo"], check=True)
+    subprocess.run([*cli, "clear", "squares-demo"], check=True)
     ray.shutdown()
 
 

@@ -53,6 +53,11 @@ def log_call(path: str, x: Any) -> Any:
     return x
 
 
+def log_call_square(path: str, x: int) -> int:
+    """``log_call``, returning ``x * x``."""
+    return log_call(path, x) * x
+
+
 def count_lines(path: str | Path) -> int:
     try:
         with open(path) as f:

@@ -17,7 +17,8 @@ ALLOWED = {
     "_outcome": set(),
     "_serialization": {"_errors"},
     "_batching": set(),
-    "_store": {"_errors", "_outcome"},
+    "_keys": {"_serialization"},
+    "_store": {"_errors", "_serialization"},
     "_runtime": {"_errors"},
     "_cancel": {"_runtime"},
     "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
@@ -27,6 +28,7 @@ ALLOWED = {
         "_batching",
         "_config",
         "_errors",
+        "_keys",
         "_outcome",
         "_runtime",
         "_serialization",
@@ -41,12 +43,24 @@ ALLOWED = {
         "_errors",
         "_outcome",
         "_runtime",
-        "_serialization",
         "_store",
         "_worker",
     },
+    "_cli": {"_errors", "_store"},
+    "__main__": {"_cli"},
 }
-RAY_FREE = {"_version", "_errors", "_config", "_outcome", "_serialization", "_batching", "_store"}
+RAY_FREE = {
+    "_version",
+    "_errors",
+    "_config",
+    "_outcome",
+    "_serialization",
+    "_keys",
+    "_batching",
+    "_store",
+    "_cli",
+    "__main__",
+}
 
 
 def _imports(module: str) -> tuple[set[str], set[str]]:

@@ -44,7 +44,11 @@ class MapOptions:
         tail_batches_per_core: the tail starts when fewer than this many batches per CPU
             are left.
         tail_min_batch_size: batches never shrink below this.
-        checkpoint_every: finished items between two writes of the checkpoint.
+        checkpoint_every: finished items that make the checkpoint commit.
+        checkpoint_interval: seconds after which finished items are committed even if
+            fewer than ``checkpoint_every``.
+        checkpoint_errors: record application exceptions in the checkpoint and replay
+            them (``False``: a rerun retries them).
     """
 
     batch_size: int | None = None
@@ -59,6 +63,8 @@ class MapOptions:
     tail_batches_per_core: int = 2
     tail_min_batch_size: int = 1
     checkpoint_every: int = 100
+    checkpoint_interval: float = 1.0
+    checkpoint_errors: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
@@ -78,6 +84,16 @@ class MapOptions:
         ):
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, got {self.timeout!r}"
+            )
+        if (
+            isinstance(self.checkpoint_interval, bool)
+            or not isinstance(self.checkpoint_interval, (int, float))
+            or not math.isfinite(self.checkpoint_interval)
+            or self.checkpoint_interval <= 0
+        ):
+            raise ValueError(
+                "checkpoint_interval must be a positive number of seconds, "
+                f"got {self.checkpoint_interval!r}"
             )
         if self.unpack not in UNPACK_MODES:
             raise ValueError(f"unpack must be one of {UNPACK_MODES}, got {self.unpack!r}")

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import re
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -42,10 +45,18 @@ from ._backend import Backend, InlineBackend, RayBackend
 from ._batching import BatchSizer
 from ._config import MapOptions, Unpack
 from ._errors import attach_remote_traceback
+from ._keys import fingerprint, item_key
 from ._outcome import BatchResult, ItemError
 from ._runtime import ensure_ray
-from ._serialization import dumps_callable, item_key
-from ._store import CheckpointStore, PickleFileStore
+from ._serialization import dumps_callable
+from ._store import (
+    Checkpoint,
+    CheckpointStore,
+    Recorded,
+    SqliteStore,
+    check_checkpoint,
+    checkpoint_file,
+)
 from ._worker import Setup
 
 __all__ = ["MapIterator", "MapStatistics", "RayMap", "RayMapIterator", "make_setup"]
@@ -89,16 +100,24 @@ class MapStatistics:
     seconds_per_item: float | None
 
 
+#: With a checkpoint, input is looked up in blocks. A block is as large as the next batch;
+#: while whole blocks turn out to be recorded (a resume), the next one is twice as large, up
+#: to this many items: replay costs one query per block, and new items are still read no
+#: further ahead than without a checkpoint.
+MAX_LOOKAHEAD = 1024
+
+
 class _Batch:
-    __slots__ = ("items", "keys", "replayed", "result", "sent", "seq", "size")
+    """Items that go to one task - or, all recorded, come from the checkpoint instead."""
+
+    __slots__ = ("items", "keys", "recorded", "result", "seq", "size")
 
     def __init__(self, seq: int, size: int, items: list[Any] | None) -> None:
         self.seq = seq
         self.size = size
-        self.items = items  # kept only when ret_args, on_error or a checkpoint need them
-        self.keys: list[str] | None = None
-        self.replayed: dict[int, tuple[bool, Any]] | None = None
-        self.sent: list[int] | None = None  # positions sent to a worker; None = all
+        self.items = items  # kept only when ret_args or on_error need them
+        self.keys: list[bytes | None] | None = None  # checkpoint keys of the items
+        self.recorded: list[Recorded] | None = None  # a batch replayed from the checkpoint
         self.result: BatchResult | None = None
 
 
@@ -145,7 +164,12 @@ class _MapRun:
             tail_batches_per_core=options.tail_batches_per_core,
             tail_min_batch_size=options.tail_min_batch_size,
         )
-        self._keep_items = options.ret_args or on_error is not None or store is not None
+        self._keep_items = options.ret_args or on_error is not None
+        # Checkpoint keys separate calling conventions: fn(item) is not fn(*item).
+        self._salt = f"{options.unpack}:{options.batched}:".encode()
+        self._ahead: deque[tuple[Any, bytes | None, Recorded | None]] = deque()
+        self._lookahead = 1
+        self._unkeyed = False
         self.in_flight: dict[Any, _Batch] = {}
         self._ordered: dict[int, _Batch] = {}
         self._ready: deque[_Batch] = deque()
@@ -154,11 +178,13 @@ class _MapRun:
         self._buffered_items = 0
         self._seq = 0
         self._read = 0
+        self._taken = 0  # items put into batches (read minus looked ahead)
         self._submitted = 0
         self._batches_submitted = 0
         self._done = 0
         self._replayed = 0
-        self._exhausted = False
+        self._input_ended = False
+        self._exhausted = False  # the input ended and everything read is in a batch
         self.input_error: BaseException | None = None
         self._closed = False
 
@@ -181,44 +207,93 @@ class _MapRun:
         while not self._exhausted and self._room():
             if self._halt_input is not None and self._halt_input():
                 self._exhausted = True
+                self._ahead.clear()
                 break
-            size = self._sizer.next_size(self._read)
-            chunk: list[Any] = []
-            try:
-                # extend() keeps what it read before an exception: no item is lost.
-                chunk.extend(itertools.islice(self._input, size))
-            except Exception as exc:
-                self.input_error = exc
-                self._exhausted = True
-            if len(chunk) < size:
-                self._exhausted = True
-            if chunk:
-                self._read += len(chunk)
-                self._start(chunk)
+            size = self._sizer.next_size(self._taken)
+            if self._store is None or self._store.empty:
+                chunk = self._read_input(size)
+                if chunk:
+                    keys = None if self._store is None else self._keys(chunk)
+                    self._start(chunk, keys)
+                self._exhausted = self._input_ended
+            else:
+                self._fill_checkpointed(size)
 
-    def _start(self, chunk: list[Any]) -> None:
-        batch = _Batch(self._seq, len(chunk), chunk if self._keep_items else None)
+    def _read_input(self, size: int) -> list[Any]:
+        chunk: list[Any] = []
+        try:
+            # extend() keeps what it read before an exception: no item is lost.
+            chunk.extend(itertools.islice(self._input, size))
+        except Exception as exc:
+            self.input_error = exc
+            self._input_ended = True
+        if len(chunk) < size:
+            self._input_ended = True
+        self._read += len(chunk)
+        return chunk
+
+    def _fill_checkpointed(self, size: int) -> None:
+        """Start one batch: the recorded items at the head of the looked-up input, replayed
+        at once, or up to ``size`` new items, sent to a worker."""
+        ahead = self._ahead
+        while len(ahead) < size and not self._input_ended:
+            self._look_up(max(size, self._lookahead))
+        if ahead and ahead[0][2] is not None:
+            run = 1
+            while run < len(ahead) and ahead[run][2] is not None:
+                run += 1
+            entries = [ahead.popleft() for _ in range(run)]
+            self._replay(entries)
+        elif ahead:
+            entries = []
+            while ahead and len(entries) < size and ahead[0][2] is None:
+                entries.append(ahead.popleft())
+            self._start([entry[0] for entry in entries], [entry[1] for entry in entries])
+        self._exhausted = self._input_ended and not ahead
+
+    def _keys(self, chunk: list[Any]) -> list[bytes | None]:
+        salt = self._salt
+        keys = [item_key(item, salt) for item in chunk]
+        if not self._unkeyed and None in keys:
+            self._unkeyed = True
+            warnings.warn(
+                "an item cannot be keyed for the checkpoint (it cannot be pickled); such "
+                "items are computed on every run",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return keys
+
+    def _look_up(self, size: int) -> None:
+        assert self._store is not None
+        chunk = self._read_input(size)
+        keys = self._keys(chunk)
+        known = [key for key in keys if key is not None]
+        found = self._store.lookup(known) if known else {}
+        self._ahead.extend(
+            (item, key, None if key is None else found.get(key))
+            for item, key in zip(chunk, keys, strict=True)
+        )
+        whole = bool(chunk) and len(found) == len(chunk)
+        self._lookahead = min(2 * size, MAX_LOOKAHEAD) if whole else 1
+
+    def _replay(self, entries: list[tuple[Any, bytes | None, Recorded | None]]) -> None:
+        items = [entry[0] for entry in entries] if self._keep_items else None
+        batch = _Batch(self._seq, len(entries), items)
         self._seq += 1
-        send = chunk
-        if self._store is not None:
-            batch.keys = [item_key(item) for item in chunk]
-            replayed = {}
-            for position, key in enumerate(batch.keys):
-                recorded = self._store.lookup(key)
-                if recorded is not None:
-                    replayed[position] = recorded
-            if replayed:
-                self._replayed += len(replayed)
-                batch.replayed = replayed
-                batch.sent = [p for p in range(len(chunk)) if p not in replayed]
-                send = [chunk[p] for p in batch.sent]
-                if not send:
-                    batch.result = BatchResult([], None, 0.0)
-                    self._finish(batch)
-                    return
-        handle = self.backend.submit(send)
+        batch.recorded = [entry[2] for entry in entries]  # type: ignore[misc]
+        self._replayed += batch.size
+        self._taken += batch.size
+        self._finish(batch)
+
+    def _start(self, chunk: list[Any], keys: list[bytes | None] | None = None) -> None:
+        batch = _Batch(self._seq, len(chunk), chunk if self._keep_items else None)
+        batch.keys = keys
+        self._seq += 1
+        self._taken += len(chunk)
+        handle = self.backend.submit(chunk)
         self.in_flight[handle] = batch
-        self._submitted += len(send)
+        self._submitted += len(chunk)
         self._batches_submitted += 1
         if self.on_submit is not None:
             self.on_submit(handle)
@@ -228,10 +303,9 @@ class _MapRun:
     def complete(self, handle: Any) -> None:
         """Take in the result of the finished task ``handle``."""
         batch = self.in_flight.pop(handle)
-        sent = batch.size if batch.sent is None else len(batch.sent)
-        result = self.backend.result(handle, sent)
+        result = self.backend.result(handle, batch.size)
         if result.seconds > 0:
-            self._sizer.observe(sent, result.seconds)
+            self._sizer.observe(batch.size, result.seconds)
         batch.result = result
         self._record(batch)
         self._finish(batch)
@@ -239,25 +313,24 @@ class _MapRun:
     def _record(self, batch: _Batch) -> None:
         result = batch.result
         assert result is not None
-        positions = batch.sent if batch.sent is not None else range(batch.size)
         errors = result.errors or {}
-        retry = result.retry or frozenset()
         for error in errors.values():
             attach_remote_traceback(*error)
         if self._on_error is not None and errors:
             items = batch.items
             assert items is not None
             for index, (exc, _) in errors.items():
-                self._on_error(items[positions[index]], exc)
+                self._on_error(items[index], exc)
         if self._store is not None:
             assert batch.keys is not None
-            assert batch.items is not None
-            for index, position in enumerate(positions):
-                failure = errors.get(index)
-                if failure is not None and index in retry:
-                    continue  # a resume retries timeouts and lost workers
-                value = result.values[index]
-                self._store.record(batch.keys[position], batch.items[position], value, failure)
+            retry = result.retry or frozenset()  # a resume retries timeouts and lost workers
+            values = result.values
+            rows = [
+                (key, True, errors[index]) if index in errors else (key, False, values[index])
+                for index, key in enumerate(batch.keys)
+                if key is not None and index not in retry
+            ]
+            self._store.record(rows)
 
     def _finish(self, batch: _Batch) -> None:
         self._done += batch.size
@@ -324,22 +397,17 @@ class _MapRun:
             yield (items[position], value) if options.ret_args else value  # type: ignore[index]
 
     def _merge(self, batch: _Batch) -> tuple[list[Any], dict[int, ItemError] | None]:
-        result = batch.result
-        assert result is not None
-        if batch.replayed is None:
-            return result.values, result.errors
-        values: list[Any] = [None] * batch.size
+        if batch.recorded is None:
+            assert batch.result is not None
+            return batch.result.values, batch.result.errors
+        values: list[Any] = []
         errors: dict[int, ItemError] = {}
-        for position, (failed, recorded) in batch.replayed.items():
+        for position, (failed, recorded) in enumerate(batch.recorded):
             if failed:
                 errors[position] = (attach_remote_traceback(*recorded), recorded[1])
+                values.append(None)
             else:
-                values[position] = recorded
-        assert batch.sent is not None
-        for index, position in enumerate(batch.sent):
-            values[position] = result.values[index]
-            if result.errors and index in result.errors:
-                errors[position] = result.errors[index]
+                values.append(recorded)
         return values, errors or None
 
     # -- ending ----------------------------------------------------------------------------
@@ -360,7 +428,7 @@ class _MapRun:
         finally:
             try:
                 if self._store is not None:
-                    self._store.flush()
+                    self._store.close()
             finally:
                 self.backend.close()
 
@@ -498,9 +566,20 @@ class RayMap(Generic[R]):
         max_pending: batches in flight at once - in ordered mode finished batches waiting
             behind a slower one count too (in batches of the current size), which bounds
             memory; ``-1`` (default): ``4 * CPUs + 2`` of the cluster.
-        checkpoint_path: a file recording each finished item; a rerun yields recorded items
-            without computing them again. Timeouts and lost workers are not recorded.
-        checkpoint_every: finished items between two writes of the checkpoint file.
+        checkpoint_path: a file recording each finished item (an SQLite database); a rerun
+            yields recorded items without computing them again. Timeouts and lost workers
+            are not recorded. See the README's "Checkpoints".
+        checkpoint_every: finished items that make the checkpoint commit: at most about
+            this many (or ``checkpoint_interval`` seconds' worth) are lost if the process
+            is killed.
+        checkpoint: ``True``: a checkpoint in raypool's cache directory named after ``fn``
+            (its module, qualified name and a hash of its code, defaults and closure, so
+            that editing ``fn`` starts afresh); a name: the checkpoint of that name there;
+            a path: that file (as ``checkpoint_path``). Each map call can override it.
+        checkpoint_interval: seconds after which finished items are committed even if
+            fewer than ``checkpoint_every``.
+        checkpoint_errors: record application exceptions and replay them on a rerun (as
+            ray-map does); ``False``: keep them out, so that a rerun retries them.
         address: a Ray cluster to connect to (``"host:port"``, ``"ray://host:port"``,
             ``"auto"``); ``None`` starts a local instance. Unreachable: an error within
             seconds, never a silent local fallback. Ignored if Ray is already initialized.
@@ -545,7 +624,7 @@ class RayMap(Generic[R]):
         *,
         batch_size: int | None = None,
         max_pending: int = -1,
-        checkpoint_path: str | None = None,
+        checkpoint_path: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 100,
         address: str | None = None,
         password: str | None = None,
@@ -562,6 +641,9 @@ class RayMap(Generic[R]):
         initargs: Iterable[Any] = (),
         max_tasks_per_worker: int | None = None,
         sequential: bool = False,
+        checkpoint: Checkpoint = None,
+        checkpoint_interval: float = 1.0,
+        checkpoint_errors: bool = True,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"RayMap needs a callable, got {type(fn).__name__}: {fn!r}")
@@ -577,6 +659,9 @@ class RayMap(Generic[R]):
             raise ValueError(
                 f"max_tasks_per_worker must be an int >= 1 or None, got {max_tasks_per_worker!r}"
             )
+        check_checkpoint(checkpoint)
+        if checkpoint is not None and checkpoint_path is not None:
+            raise TypeError("pass checkpoint or checkpoint_path, not both")
         for name, value in (("runtime_env", runtime_env), ("remote_options", remote_options)):
             if value is not None and not isinstance(value, dict):
                 raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
@@ -590,8 +675,11 @@ class RayMap(Generic[R]):
             tail_batches_per_core=tail_batches_per_core,
             tail_min_batch_size=tail_min_batch_size,
             checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            checkpoint_errors=bool(checkpoint_errors),
         )
         self.checkpoint_path = checkpoint_path
+        self._checkpoint = checkpoint
         self._address = address
         self._password = password
         self._runtime_env = dict(runtime_env) if runtime_env else None
@@ -605,7 +693,6 @@ class RayMap(Generic[R]):
         # runs several RayMaps as one pool sets its own, so they share one key.
         self._setup: Setup | None = None
         self._sequential_initialized = False
-        self._store: PickleFileStore | None = None
         self._started_ray = False
         if init_if_needed and not sequential:
             self._ensure_ray()
@@ -662,14 +749,34 @@ class RayMap(Generic[R]):
             max_calls=self._max_tasks_per_worker,
         )
 
-    def _checkpoint(self) -> PickleFileStore | None:
-        if self.checkpoint_path is None:
+    def _checkpoint_file(self, checkpoint: Checkpoint) -> str | None:
+        """The file of this call's checkpoint: the call's ``checkpoint``, else the
+        constructor's ``checkpoint`` or ``checkpoint_path``; ``None`` for none."""
+        check_checkpoint(checkpoint)
+        if checkpoint is None:
+            checkpoint = self._checkpoint
+        if checkpoint is None:
+            return None if self.checkpoint_path is None else os.fspath(self.checkpoint_path)
+        if checkpoint is False:
             return None
-        if self._store is None:
-            self._store = PickleFileStore(
-                self.checkpoint_path, every=self._options.checkpoint_every
-            )
-        return self._store
+        if checkpoint is True:
+            return checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint(self.fn)))
+        if isinstance(checkpoint, str):
+            return checkpoint_file(checkpoint)
+        return os.fspath(checkpoint)
+
+    def _open_checkpoint(self, checkpoint: Checkpoint) -> SqliteStore | None:
+        path = self._checkpoint_file(checkpoint)
+        if path is None:
+            return None
+        options = self._options
+        return SqliteStore(
+            path,
+            every=options.checkpoint_every,
+            interval=options.checkpoint_interval,
+            errors=options.checkpoint_errors,
+            function=fingerprint(self.fn),
+        )
 
     def _run(
         self,
@@ -680,6 +787,7 @@ class RayMap(Generic[R]):
         safe_exceptions: bool,
         keep_order: bool,
         ret_args: bool,
+        checkpoint: Checkpoint = None,
         max_pending: int | None = None,
         **limits: Any,
     ) -> tuple[_MapRun, int | None]:
@@ -698,15 +806,15 @@ class RayMap(Generic[R]):
                 f"RayMap.{method}() needs an iterable of items, got {type(iterable).__name__}"
             ) from None
         total = _length(iterable)
-        store = self._checkpoint()
+        store = self._open_checkpoint(checkpoint)
+        try:
+            backend = self._backend(options)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
         run = _MapRun(
-            iterator,
-            total,
-            options,
-            self._backend(options),
-            store=store,
-            on_error=self._on_error,
-            **limits,
+            iterator, total, options, backend, store=store, on_error=self._on_error, **limits
         )
         return run, total
 
@@ -720,6 +828,7 @@ class RayMap(Generic[R]):
         safe_exceptions: bool = False,
         keep_order: bool = True,
         ret_args: bool = False,
+        checkpoint: Checkpoint = None,
     ) -> MapIterator:
         """Lazily map ``fn`` over ``iterable``, yielding results as a stream.
 
@@ -734,6 +843,10 @@ class RayMap(Generic[R]):
                 it. The exception keeps its type; ``__cause__`` holds the worker traceback.
             keep_order: yield in input order (``True``) or as results arrive.
             ret_args: yield ``(item, result)`` pairs.
+            checkpoint: this call's checkpoint, instead of the constructor's: ``True``, a
+                name or a path (see the constructor); ``False``: none. Recorded items are
+                yielded in their place in the input, with their original item for
+                ``ret_args``.
 
         Returns:
             An iterator of results. Closing or dropping it cancels the work in flight.
@@ -742,6 +855,8 @@ class RayMap(Generic[R]):
             TypeError: ``iterable`` is not iterable.
             ValueError: ``timeout`` is not a positive number.
             SerializationError: ``fn`` cannot be serialized.
+            CheckpointError: the checkpoint is not a raypool checkpoint, or is not safe to
+                load (another user's, or writable by others).
             ClusterUnreachableError: ``address`` cannot be reached.
             Exception: without ``safe_exceptions``, the first failed item's exception
                 (in input order when ordered), after which the rest is cancelled.
@@ -753,6 +868,7 @@ class RayMap(Generic[R]):
             safe_exceptions=safe_exceptions,
             keep_order=keep_order,
             ret_args=ret_args,
+            checkpoint=checkpoint,
         )
         return MapIterator(run)
 
@@ -764,6 +880,7 @@ class RayMap(Generic[R]):
         safe_exceptions: bool = False,
         keep_order: bool = True,
         ret_args: bool = False,
+        checkpoint: Checkpoint = None,
     ) -> list[Any]:
         """``list(self.imap(...))``: same arguments, results in a list."""
         return list(
@@ -773,6 +890,7 @@ class RayMap(Generic[R]):
                 safe_exceptions=safe_exceptions,
                 keep_order=keep_order,
                 ret_args=ret_args,
+                checkpoint=checkpoint,
             )
         )
 
@@ -784,6 +902,7 @@ class RayMap(Generic[R]):
         safe_exceptions: bool = False,
         keep_order: bool = True,
         ret_args: bool = False,
+        checkpoint: Checkpoint = None,
     ) -> AsyncIterator[Any]:
         """``imap`` as an async iterator: waiting for results never blocks the event loop
         (it awaits Ray's futures; no thread). Cancelling the consuming task, or closing
@@ -798,6 +917,7 @@ class RayMap(Generic[R]):
             safe_exceptions=safe_exceptions,
             keep_order=keep_order,
             ret_args=ret_args,
+            checkpoint=checkpoint,
         )
         return _aiterate(run)
 
@@ -809,6 +929,7 @@ class RayMap(Generic[R]):
         safe_exceptions: bool = False,
         keep_order: bool = True,
         ret_args: bool = False,
+        checkpoint: Checkpoint = None,
     ) -> list[Any]:
         """Coroutine: the results of ``imap_async`` in a list. Arguments as ``imap``."""
         stream = self.imap_async(
@@ -817,6 +938,7 @@ class RayMap(Generic[R]):
             safe_exceptions=safe_exceptions,
             keep_order=keep_order,
             ret_args=ret_args,
+            checkpoint=checkpoint,
         )
         return [item async for item in stream]
 
@@ -836,6 +958,7 @@ class RayMap(Generic[R]):
         time_budget: float | None,
         stop: StopCondition | None,
         max_pending: int | None,
+        checkpoint: Checkpoint,
     ) -> _MapRun:
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -868,6 +991,7 @@ class RayMap(Generic[R]):
             keep_order=keep_order,
             ret_args=ret_args,
             max_pending=max_pending,
+            checkpoint=checkpoint,
             halt_input=halt_input,
             halt_output=stopped,
             max_buffered_items=ordered_window if keep_order else None,
@@ -887,6 +1011,7 @@ class RayMap(Generic[R]):
         time_budget: float | None = None,
         stop: StopCondition | None = None,
         max_pending: int | None = None,
+        checkpoint: Checkpoint = None,
     ) -> MapIterator:
         """``imap`` for endless streams, as ray-map has it (as-ready by default).
 
@@ -902,7 +1027,7 @@ class RayMap(Generic[R]):
             stop: a callable or ``threading.Event``; once true, no more input is read and
                 nothing more is yielded (work in flight is cancelled).
             max_pending: overrides the window for this call.
-            timeout, safe_exceptions, ret_args: as ``imap``.
+            timeout, safe_exceptions, ret_args, checkpoint: as ``imap``.
         """
         return MapIterator(
             self._stream_run(
@@ -917,6 +1042,7 @@ class RayMap(Generic[R]):
                 time_budget=time_budget,
                 stop=stop,
                 max_pending=max_pending,
+                checkpoint=checkpoint,
             )
         )
 
@@ -934,6 +1060,7 @@ class RayMap(Generic[R]):
         stop: StopCondition | None = None,
         max_pending: int | None = None,
         queue_maxsize: int | None = None,
+        checkpoint: Checkpoint = None,
     ) -> AsyncIterator[Any]:
         """``imap_stream`` as an async iterator. ``queue_maxsize`` is accepted for
         ray-map compatibility and unused: nothing is queued beyond the window."""
@@ -950,6 +1077,7 @@ class RayMap(Generic[R]):
                 time_budget=time_budget,
                 stop=stop,
                 max_pending=max_pending,
+                checkpoint=checkpoint,
             )
         )
 

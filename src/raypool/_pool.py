@@ -28,8 +28,6 @@ import dataclasses
 import enum
 import logging
 import multiprocessing
-import os
-import re
 import sys
 import threading
 import time
@@ -48,8 +46,7 @@ from ._engine import RayMap, make_setup
 from ._errors import PoolClosedError, RemoteTraceback
 from ._outcome import ItemError
 from ._runtime import cluster_cpus, ensure_ray
-from ._serialization import fingerprint
-from ._store import checkpoint_file
+from ._store import Checkpoint, check_checkpoint
 from ._worker import Setup
 
 __all__ = [
@@ -79,9 +76,6 @@ STREAM_BATCHES = 2
 QUEUED_TASKS_PER_CPU = 16
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_NAME = re.compile(r"[A-Za-z0-9._-]+")
-
-Checkpoint = bool | str | os.PathLike[str] | None
 
 
 class PoolState(enum.Enum):
@@ -114,18 +108,7 @@ class _Defaults:
             raise TypeError(
                 f"remote_options must be a dict, got {type(self.remote_options).__name__}"
             )
-        if self.checkpoint is not None and not isinstance(
-            self.checkpoint, (bool, str, os.PathLike)
-        ):
-            raise TypeError(
-                "checkpoint must be True, a name, a path or None, "
-                f"got {type(self.checkpoint).__name__}"
-            )
-        if isinstance(self.checkpoint, str) and not _NAME.fullmatch(self.checkpoint):
-            raise ValueError(
-                "a checkpoint name may hold letters, digits, '.', '_' and '-' only, "
-                f"got {self.checkpoint!r}; pass a pathlib.Path for a file of your choice"
-            )
+        check_checkpoint(self.checkpoint)
 
     def merged(self, **overrides: Any) -> _Defaults:
         """These defaults with every override that is not ``None``."""
@@ -545,6 +528,7 @@ class _PoolCore:
         max_pending: int,
         address: str | None,
         runtime_env: dict[str, Any] | None,
+        checkpointing: dict[str, Any],
     ) -> None:
         self.processes = processes
         self.initializer = initializer
@@ -553,6 +537,7 @@ class _PoolCore:
         self.max_pending = max_pending
         self.address = address
         self.runtime_env = runtime_env
+        self.checkpointing = checkpointing  # RayMap's checkpoint_every/_interval/_errors
         self.state = PoolState.RUN
         self.lock = threading.Lock()
         self.futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
@@ -649,6 +634,8 @@ class RayPool(concurrent.futures.Executor):
         chunksize: default items per task; ``None`` sizes tasks from measured durations.
         timeout, safe_exceptions, ret_args, checkpoint, progress: pool-wide defaults of the
             keyword extensions of the map methods (see ``map``).
+        checkpoint_every, checkpoint_interval, checkpoint_errors: how checkpoints commit
+            and whether they keep application exceptions (see ``RayMap``).
 
     Raises:
         ValueError: ``processes`` < 1, and other out-of-range values.
@@ -678,6 +665,9 @@ class RayPool(concurrent.futures.Executor):
         ret_args: bool = False,
         checkpoint: Checkpoint = None,
         progress: bool = False,
+        checkpoint_every: int = 100,
+        checkpoint_interval: float = 1.0,
+        checkpoint_errors: bool = True,
     ) -> None:
         for name, value, alias, other in (
             ("processes", processes, "max_workers", max_workers),
@@ -701,7 +691,11 @@ class RayPool(concurrent.futures.Executor):
             raise TypeError("initializer must be a callable")
         if runtime_env is not None and not isinstance(runtime_env, dict):
             raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}")
-        MapOptions(max_pending=max_pending)  # validates it
+        MapOptions(  # validates them
+            max_pending=max_pending,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+        )
         self._defaults = _Defaults(
             timeout=timeout,
             safe_exceptions=bool(safe_exceptions),
@@ -719,6 +713,11 @@ class RayPool(concurrent.futures.Executor):
             max_pending=max_pending,
             address=address,
             runtime_env=dict(runtime_env) if runtime_env else None,
+            checkpointing={
+                "checkpoint_every": checkpoint_every,
+                "checkpoint_interval": checkpoint_interval,
+                "checkpoint_errors": bool(checkpoint_errors),
+            },
         )
         self._owner = True
         self._parent: RayPool | None = None
@@ -824,7 +823,8 @@ class RayPool(concurrent.futures.Executor):
             batch_size=defaults.chunksize,
             adaptive_tail_batching=defaults.chunksize is None,  # a chunksize is exact
             max_pending=core.max_pending,
-            checkpoint_path=_checkpoint_path(defaults.checkpoint, fn),
+            checkpoint=defaults.checkpoint,
+            **core.checkpointing,
             address=core.address,
             runtime_env=core.runtime_env,
             remote_options=dict(defaults.remote_options) if defaults.remote_options else None,
@@ -1286,13 +1286,3 @@ def _zip(iterables: tuple[Any, ...], method: str) -> tuple[Iterable[Any], Unpack
     if len(iterables) == 1:
         return iterables[0], "none"
     return zip(*iterables, strict=False), "args"  # as the stdlib: the shortest wins
-
-
-def _checkpoint_path(checkpoint: Checkpoint, fn: Callable[..., Any]) -> str | None:
-    if checkpoint is None or checkpoint is False:
-        return None
-    if checkpoint is True:
-        return checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint(fn)))
-    if isinstance(checkpoint, str):
-        return checkpoint_file(checkpoint)
-    return os.fspath(checkpoint)

@@ -1,8 +1,8 @@
 """Serialization of callables with dill: the only module that imports dill.
 
 A callable is serialized once per call and shipped once through the object store; items and
-results never pass through here, they go through Ray's own serializer (which is zero-copy
-for numpy arrays).
+results go through Ray's own serializer (which is zero-copy for numpy arrays), and through
+here only on their way into a checkpoint (``dumps_value``).
 
 dill serializes functions defined in ``__main__`` (and lambdas, closures) by value, and any
 other function by reference - its module name - which a worker must then import. A module
@@ -28,7 +28,7 @@ import dill
 
 from ._errors import SerializationError
 
-__all__ = ["dumps_callable", "fingerprint", "item_key", "loads_callable", "user_paths"]
+__all__ = ["dumps_callable", "dumps_value", "loads_callable", "loads_value", "user_paths"]
 
 
 def _system_dirs() -> tuple[str, ...]:
@@ -99,25 +99,27 @@ def loads_callable(blob: bytes) -> Callable[..., Any]:
     return fn
 
 
-def fingerprint(fn: Callable[..., Any]) -> str:
-    """A readable, stable identity of ``fn`` for checkpoint keys: its module and qualified
-    name plus a hash of its code, defaults and closure as dill serializes them, so that
-    editing the function gives a new fingerprint."""
-    target = getattr(fn, "func", fn)  # functools.partial: name it after the function
-    module = getattr(target, "__module__", None) or type(target).__module__
-    name = getattr(target, "__qualname__", None) or type(target).__qualname__
-    try:
-        payload = dill.dumps(fn, recurse=True)
-    except Exception as exc:
-        raise SerializationError(f"cannot serialize {fn!r}: {exc}") from exc
-    digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
-    return f"{module}.{name}-{digest}"
+def dumps_value(obj: Any) -> bytes:
+    """Serialize a result (or an item) for a checkpoint: ``pickle``, which is ~20x faster
+    than dill, and dill for what pickle refuses (lambdas, closures, local classes).
 
-
-def item_key(item: Any) -> str:
-    """A key for ``item`` in a checkpoint: a digest of its dill serialization."""
+    Raises:
+        SerializationError: neither can serialize ``obj``.
+    """
     try:
-        data = dill.dumps(item)
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        data = repr(item).encode("utf-8", "backslashreplace")
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+        pass
+    try:
+        data: bytes = dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
+        ) from exc
+    return data
+
+
+def loads_value(data: bytes) -> Any:
+    """Inverse of ``dumps_value`` (what dill wrote names dill's own loaders, which
+    ``pickle`` imports)."""
+    return pickle.loads(data)

@@ -1,146 +1,670 @@
-"""Checkpoint stores: where finished items are recorded so that a rerun can skip them.
+"""Checkpoint stores: SQLite files that record each finished item, so that a rerun skips it.
 
-The engine talks to a store through ``CheckpointStore`` only. ``PickleFileStore`` keeps
-ray-map's layout (one pickle file holding ``(key, item, outcome)`` rows, rewritten
-atomically every ``checkpoint_every`` new items); its keys are raypool's own. It loads the
-whole file when opened and rewrites it whole, so it suits runs of thousands of items, not
-millions.
+The only module that imports ``sqlite3`` and ``platformdirs``. One checkpoint is one SQLite
+database in WAL mode::
+
+    meta(name TEXT PRIMARY KEY, value TEXT)   format, version, function, created, updated,
+                                              indexed (the last seq in keyindex)
+    results(seq INTEGER PRIMARY KEY,          append-only, in the order items finished
+            key BLOB,                         the item's content key (``_keys.item_key``)
+            failed INTEGER,                   1: an application exception
+            outcome BLOB)                     ``dumps_value`` of the result, or of
+                                              ``(exception, worker traceback text)``
+    keyindex(key BLOB PRIMARY KEY, seq)       key -> its latest row, up to meta.indexed
+
+* Writing: ``record`` hands finished rows to a writer thread, which serializes them and
+  appends them in one transaction once ``every`` rows or ``interval`` seconds have
+  accumulated (rows finishing during a commit join the next one). Appending is O(1) per row
+  and rewrites nothing stored. Keys are random: an index kept up to date at each commit
+  would rewrite index pages all over the file (30 us per row at a million rows). It is
+  instead brought up to date in one sorted pass when the checkpoint is next opened - after
+  a crash too.
+* Durability: WAL with ``synchronous=NORMAL``. A committed transaction survives the process
+  being killed; a power failure may lose the last commits, never the file. A commit is one
+  short transaction, so two processes sharing a checkpoint take turns and never see half a
+  batch (rows a concurrent process appends are found from the next opening on).
+* Reading: a resume reads the input in about the order the last run finished it, so
+  ``lookup`` first tries a window of the next rows read sequentially from ``results``, and
+  probes the index only for keys not in it (re-aligning the window there). Memory holds
+  one window, never the store.
+* Safety: loading an outcome runs pickle code, so a file that is not the current user's, or
+  that others may write, is refused. Files raypool creates are ``0600``, in a ``0700``
+  directory. A file that is not a raypool checkpoint is an error naming it, never
+  overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-import pickle
-import tempfile
+import re
+import sqlite3
+import threading
+import time
 import warnings
+import weakref
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from ._errors import CheckpointError
-from ._outcome import ItemError
+from ._serialization import dumps_value, loads_value
 
-__all__ = ["CACHE_DIR_ENV", "CheckpointStore", "PickleFileStore", "Recorded", "checkpoint_file"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "Checkpoint",
+    "CheckpointStore",
+    "Recorded",
+    "Row",
+    "SqliteStore",
+    "Summary",
+    "check_checkpoint",
+    "checkpoint_dir",
+    "checkpoint_file",
+    "check_name",
+    "failures",
+    "list_checkpoints",
+    "remove_checkpoint",
+    "summarize",
+]
 
 #: Environment variable that moves raypool's cache directory (checkpoints) elsewhere.
 CACHE_DIR_ENV = "RAYPOOL_CACHE_DIR"
+
+#: The suffix of the checkpoint files in the cache directory.
+SUFFIX = ".sqlite"
+
+#: Seconds a writer waits for another process's transaction before giving up. Commits are
+#: short, so this is only reached when the other process hangs holding the file.
+BUSY_TIMEOUT = 60.0
+
+#: Keys per index query (SQLite allows 999 parameters in older builds).
+LOOKUP_BLOCK = 500
+
+#: Rows read ahead from ``results`` at a time while replaying, and the most the replay
+#: window keeps (about 200 bytes each with small results): enough to bridge the reordering
+#: of results that finish out of order, a constant however large the store.
+PREFETCH_ROWS = 2048
+WINDOW_ROWS = 16 * PREFETCH_ROWS
+
+#: Index lookups per block of keys that move the window to where the block's items are.
+MAX_SEEKS = 4
+
+FORMAT = "raypool-checkpoint"
+VERSION = "2"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 #: A recorded outcome: ``(False, value)`` for a result, ``(True, (exception, traceback))``
 #: for an application error.
 Recorded = tuple[bool, Any]
 
-
-def checkpoint_file(name: str) -> str:
-    """The file of the checkpoint called ``name`` in raypool's cache directory:
-    ``$RAYPOOL_CACHE_DIR`` or the user cache directory of ``platformdirs``. The directory
-    is created readable by the current user only: loading a checkpoint runs pickle code."""
-    import platformdirs
-
-    root = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir("raypool")
-    directory = os.path.join(root, "checkpoints")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    return os.path.join(directory, f"{name}.ckpt")
+#: A finished item as the engine hands it over: ``(key, failed, value)``.
+Row = tuple[bytes, bool, Any]
 
 
 class CheckpointStore(Protocol):
     """What the engine needs from a checkpoint."""
 
-    def lookup(self, key: str) -> Recorded | None:
-        """The recorded outcome of the item with this key, or ``None``."""
+    @property
+    def empty(self) -> bool:
+        """Nothing was recorded when the store was opened: no lookup can find anything."""
 
-    def record(self, key: str, item: Any, value: Any, error: ItemError | None) -> None:
-        """Record a finished item (its ``value``, or its application ``error``)."""
+    def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Recorded]:
+        """The recorded outcomes of those of ``keys`` that are in the store."""
 
-    def flush(self) -> None:
-        """Make everything recorded so far durable."""
+    def record(self, rows: list[Row]) -> None:
+        """Record finished items; durable once committed (see the module docstring)."""
+
+    def close(self) -> None:
+        """Commit everything recorded and release the store (idempotent)."""
 
 
-class PickleFileStore:
-    """A checkpoint kept in one pickle file at ``path``.
+# -- where checkpoints live ------------------------------------------------------------------
+
+
+def checkpoint_dir(create: bool = True) -> str:
+    """raypool's checkpoint directory: ``$RAYPOOL_CACHE_DIR/checkpoints``, else
+    ``checkpoints`` in the user cache directory of ``platformdirs``. Created ``0700``."""
+    import platformdirs
+
+    root = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir("raypool")
+    directory = os.path.join(root, "checkpoints")
+    if create:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _check_ownership(directory, "checkpoint directory")
+    return directory
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid checkpoint name, else a ``ValueError`` saying why."""
+    if not _NAME.fullmatch(name) or name.startswith("."):
+        raise ValueError(
+            "a checkpoint name may hold letters, digits, '.', '_' and '-' only (and may not "
+            f"start with '.'), got {name!r}; pass a pathlib.Path for a file of your choice"
+        )
+    return name
+
+
+#: What ``checkpoint=`` takes: ``True`` (a file named after the function), a name (a file
+#: in the checkpoint directory), a path, or ``None``/``False`` (no checkpoint).
+Checkpoint = bool | str | os.PathLike[str] | None
+
+
+def check_checkpoint(checkpoint: object) -> None:
+    """Raise ``TypeError``/``ValueError`` if ``checkpoint`` is not a ``Checkpoint``."""
+    if checkpoint is not None and not isinstance(checkpoint, (bool, str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be True, a name, a path or None, got {type(checkpoint).__name__}"
+        )
+    if isinstance(checkpoint, str):
+        check_name(checkpoint)
+
+
+def checkpoint_file(name: str) -> str:
+    """The file of the checkpoint called ``name`` in the checkpoint directory."""
+    return os.path.join(checkpoint_dir(), check_name(name) + SUFFIX)
+
+
+def _check_ownership(path: str, what: str) -> None:
+    if not hasattr(os, "getuid"):  # Windows: no owner or mode bits to check
+        return
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise CheckpointError(
+            f"refusing the {what} {path}: it belongs to user id {info.st_uid}, not to you "
+            f"({os.getuid()}), and loading a checkpoint runs pickle code"
+        )
+    if info.st_mode & 0o022:
+        raise CheckpointError(
+            f"refusing the {what} {path}: others may write it (mode {info.st_mode & 0o777:o}), "
+            f"and loading a checkpoint runs pickle code; run `chmod go-w {path}` if you trust it"
+        )
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """A checkpoint in the SQLite file ``path`` (created if missing or empty).
 
     Args:
-        path: the file; created on the first flush.
-        every: new items between two automatic flushes.
+        path: the file.
+        every: rows that make the writer commit.
+        interval: seconds after which rows waiting are committed even if fewer than
+            ``every``.
+        errors: record application exceptions and replay them (``False``: neither, so
+            that a rerun retries them).
+        function: the identity of the function, shown by ``raypool checkpoints``.
 
     Raises:
-        CheckpointError: the file exists but is not a readable checkpoint.
+        CheckpointError: the file is not a raypool checkpoint, is unreadable, or is not
+            safe to load (see the module docstring). Nothing is written to it then.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, every: int = 100) -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        every: int = 100,
+        interval: float = 1.0,
+        errors: bool = True,
+        function: str = "",
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
         self._every = every
-        self._rows: dict[str, tuple[Any, Recorded]] = {}
-        self._unsaved = 0
-        if os.path.exists(self.path):
-            self._load()
+        self._interval = interval
+        self._errors = errors
+        self._lock = threading.Lock()  # the reading connection is shared by threads
+        self._conn, self._end = _open(self.path, function)
+        # The replay window: rows read ahead (up to the last row there was at opening),
+        # key -> (seq, key, failed, outcome), in two generations (see _prefetch).
+        self._window: dict[bytes, tuple[int, bytes, int, bytes]] = {}
+        self._older: dict[bytes, tuple[int, bytes, int, bytes]] = {}
+        self._next = 1  # the seq the window continues from
+        self._cond = threading.Condition()
+        self._pending: list[Row] = []
+        self._since = 0.0  # monotonic time of the oldest uncommitted row
+        self._closing = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._writer: threading.Thread | None = None
+        self._unloadable = False
+        _open_stores.add(self)
 
-    def _load(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                rows = pickle.load(f)
-            for key, item, recorded in rows:
-                self._rows[key] = (item, _as_recorded(recorded))
-        except Exception as exc:
-            raise CheckpointError(
-                f"{self.path} is not a readable raypool checkpoint "
-                f"({type(exc).__name__}: {exc}); move it away or pass another path"
-            ) from exc
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path}>"
 
-    def __len__(self) -> int:
-        return len(self._rows)
+    # -- reading -------------------------------------------------------------------------
 
-    def lookup(self, key: str) -> Recorded | None:
-        row = self._rows.get(key)
-        return None if row is None else row[1]
+    @property
+    def empty(self) -> bool:
+        return not self._end
 
-    def record(self, key: str, item: Any, value: Any, error: ItemError | None) -> None:
-        self._rows[key] = (item, (False, value) if error is None else (True, error))
-        self._unsaved += 1
-        if self._unsaved >= self._every:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._unsaved:
-            return
-        rows = [(key, item, recorded) for key, (item, recorded) in self._rows.items()]
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".raypool-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                try:
-                    pickle.dump(rows, f, protocol=pickle.HIGHEST_PROTOCOL)
-                except Exception:
-                    f.seek(0)
-                    f.truncate()
-                    pickle.dump(self._picklable_rows(rows), f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        self._unsaved = 0
-
-    def _picklable_rows(self, rows: list[tuple[str, Any, Recorded]]) -> list[Any]:
-        # Rare path: some item or outcome cannot be pickled. Keep the others and forget
-        # those (a rerun recomputes them) rather than lose the whole checkpoint.
-        kept = []
-        for row in rows:
+    def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Recorded]:
+        if not self._end:
+            return {}  # nothing was recorded before this opening
+        with self._lock, _translated(self.path):
+            rows = self._find(keys)
+        found: dict[bytes, Recorded] = {}
+        for key, (failed, outcome) in rows.items():
             try:
-                pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                warnings.warn(
-                    f"checkpoint {self.path}: an item's outcome cannot be pickled and is "
-                    "not recorded; a rerun computes it again",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                del self._rows[row[0]]
+                found[key] = (bool(failed), loads_value(outcome))
+            except Exception as exc:
+                self._warn_unloadable(exc)
+        return found
+
+    def _find(self, keys: Sequence[bytes]) -> dict[bytes, tuple[int, bytes]]:
+        found: dict[bytes, tuple[int, bytes]] = {}
+        missing = self._from_window(keys, found)
+        # 1. Read on: the last run recorded results about in input order.
+        budget = len(keys) + PREFETCH_ROWS
+        while missing and budget > 0 and self._next <= self._end:
+            budget -= self._prefetch()
+            missing = self._from_window(missing, found)
+        # 2. Tasks finish out of order, but the results of one task are adjacent: look up
+        #    where the first missing item is and read on from there.
+        for _ in range(MAX_SEEKS):
+            seq = self._seq(missing[0]) if missing else None
+            if seq is None:
+                break
+            self._next = seq
+            self._prefetch()
+            missing = self._from_window(missing, found)
+        # 3. What is left is new, or scattered: ask the index.
+        if missing:
+            found.update(self._probe(missing))
+        return found
+
+    def _seq(self, key: bytes) -> int | None:
+        row = self._conn.execute("SELECT seq FROM keyindex WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _from_window(
+        self, keys: Sequence[bytes], found: dict[bytes, tuple[int, bytes]]
+    ) -> list[bytes]:
+        """Move the rows of ``keys`` the window holds to ``found``; the other keys."""
+        window, older = self._window, self._older
+        missing = []
+        for key in keys:
+            row = window.pop(key, None) or older.pop(key, None)
+            if row is not None and (self._errors or not row[2]):
+                found[key] = row[2:]
             else:
-                kept.append(row)
-        return kept
+                missing.append(key)
+        return missing
+
+    def _prefetch(self) -> int:
+        """Read the next rows into the window; returns how many were read."""
+        rows = self._conn.execute(
+            "SELECT seq, key, failed, outcome FROM results WHERE seq >= ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            (self._next, self._end, PREFETCH_ROWS),
+        ).fetchall()
+        if len(self._window) >= WINDOW_ROWS // 2:
+            # Two generations: rows unasked for during one are forgotten after the next.
+            self._older, self._window = self._window, {}
+        self._window.update(zip([row[1] for row in rows], rows, strict=True))
+        self._next = rows[-1][0] + 1 if rows else self._end + 1
+        return len(rows)
+
+    def _probe(self, keys: list[bytes]) -> dict[bytes, tuple[int, bytes]]:
+        """``key -> (failed, outcome)`` through the index, for the keys it holds."""
+        probed = {}
+        keys.sort()  # neighbouring probes share index pages
+        for start in range(0, len(keys), LOOKUP_BLOCK):
+            block = keys[start : start + LOOKUP_BLOCK]
+            marks = ",".join("?" * len(block))
+            query = (
+                "SELECT k.key, r.failed, r.outcome FROM keyindex AS k "
+                f"JOIN results AS r ON r.seq = k.seq WHERE k.key IN ({marks})"
+            )
+            for key, failed, outcome in self._conn.execute(query, block):
+                if self._errors or not failed:
+                    probed[key] = (failed, outcome)
+        return probed
+
+    def _warn_unloadable(self, exc: BaseException) -> None:
+        if not self._unloadable:
+            self._unloadable = True
+            warnings.warn(
+                f"checkpoint {self.path}: a recorded outcome cannot be loaded "
+                f"({type(exc).__name__}: {exc}); such items are computed again",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def record(self, rows: list[Row]) -> None:
+        if self._failure is not None:
+            raise CheckpointError(
+                f"checkpoint {self.path} cannot be written: {self._failure}"
+            ) from self._failure
+        if not self._errors:
+            rows = [row for row in rows if not row[1]]
+        if not rows:
+            return
+        with self._cond:
+            if self._closing:
+                raise CheckpointError(f"checkpoint {self.path} is closed")
+            if not self._pending:
+                self._since = time.monotonic()
+            self._pending.extend(rows)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="raypool-checkpoint", daemon=True
+                )
+                self._writer.start()
+            elif len(self._pending) >= self._every:
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = self._closing = True
+            self._cond.notify()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
+        with self._lock:
+            self._conn.close()
+            self._window.clear()
+            self._older.clear()
+        _open_stores.discard(self)
+        if self._failure is not None:
+            raise CheckpointError(
+                f"checkpoint {self.path}: results of the last seconds could not be "
+                f"written: {self._failure}"
+            ) from self._failure
+
+    def _take(self) -> list[Row] | None:
+        """The rows to commit next, once there are enough or they waited long enough;
+        ``None`` when closing with nothing left."""
+        with self._cond:
+            while True:
+                if self._pending:
+                    waited = time.monotonic() - self._since
+                    if self._closing or len(self._pending) >= self._every:
+                        break
+                    if waited >= self._interval:
+                        break
+                    self._cond.wait(self._interval - waited)
+                elif self._closing:
+                    return None
+                else:
+                    self._cond.wait()
+            rows, self._pending = self._pending, []
+            return rows
+
+    def _write_loop(self) -> None:
+        conn = None
+        try:
+            conn = _connect(self.path)
+            while (rows := self._take()) is not None:
+                self._commit(conn, rows)
+        except BaseException as exc:  # reported by the next record() and by close()
+            self._failure = exc
+            with self._cond:
+                self._pending.clear()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
+        encoded = []
+        for key, failed, value in rows:
+            try:
+                encoded.append((key, int(failed), dumps_value(value)))
+            except Exception as exc:
+                warnings.warn(
+                    f"checkpoint {self.path}: an outcome cannot be serialized and is not "
+                    f"recorded ({exc}); a rerun computes it again",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+        with _translated(self.path), _transaction(conn):
+            conn.executemany("INSERT INTO results (key, failed, outcome) VALUES (?, ?, ?)", encoded)
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'updated'", (str(time.time()),))
 
 
-def _as_recorded(recorded: Any) -> Recorded:
-    if isinstance(recorded, tuple) and len(recorded) == 2 and isinstance(recorded[0], bool):
-        return recorded
-    # A row as ray-map writes it: the bare result, or the exception object.
-    if isinstance(recorded, BaseException):
-        return True, (recorded, "")
-    return False, recorded
+_open_stores: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
+
+
+def _close_open_stores() -> None:
+    # At interpreter exit, before daemon threads stop: commit what a call never closed.
+    for store in list(_open_stores):
+        with contextlib.suppress(Exception):
+            store.close()
+
+
+threading._register_atexit(_close_open_stores)  # type: ignore[attr-defined]
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def _translated(path: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise CheckpointError(
+            f"{path} is not a readable raypool checkpoint ({exc}); move it away, "
+            "or pass another checkpoint"
+        ) from exc
+
+
+def _check_file(path: str) -> bool:
+    """Whether ``path`` holds data (else it is new); raises if it is not ours to open."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if not os.path.exists(path):
+        return False
+    for extra in ("", "-wal", "-shm"):
+        if os.path.exists(path + extra):
+            _check_ownership(path + extra, "checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if not head:
+        return False
+    if head != _SQLITE_MAGIC:
+        pickled = head[:1] == b"\x80"
+        hint = " (it looks like a pickle, such as ray-map's checkpoint)" if pickled else ""
+        raise CheckpointError(
+            f"{path} is not a raypool checkpoint{hint}: raypool keeps checkpoints in SQLite. "
+            "It was left untouched; move it away or pass another checkpoint"
+        )
+    return True
+
+
+def _open(path: str, function: str) -> tuple[sqlite3.Connection, int]:
+    """A connection to the checkpoint at ``path`` (created if new) with its key index
+    brought up to date, and the seq of its last row."""
+    _check_file(path)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    with _translated(path):
+        conn = _connect(path)
+        try:
+            with _transaction(conn):
+                _initialize(conn, path, function)
+                end = _index(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            conn.close()
+            raise
+    return conn, end
+
+
+def _index(conn: sqlite3.Connection) -> int:
+    """Add the rows appended since the last opening to the key index, in key order (the
+    later row of a key wins); returns the last seq."""
+    (indexed,) = conn.execute("SELECT value FROM meta WHERE name = 'indexed'").fetchone()
+    (end,) = conn.execute("SELECT coalesce(max(seq), 0) FROM results").fetchone()
+    if end > int(indexed):
+        conn.execute(
+            "INSERT OR REPLACE INTO keyindex (key, seq) SELECT key, seq FROM results "
+            "WHERE seq > ? ORDER BY key, seq",
+            (int(indexed),),
+        )
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'indexed'", (str(end),))
+    return int(end)
+
+
+def _initialize(conn: sqlite3.Connection, path: str, function: str) -> None:
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if tables:
+        found = None
+        if "meta" in tables:
+            found = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        if found is None or found[0] != FORMAT:
+            raise CheckpointError(
+                f"{path} is an SQLite database but not a raypool checkpoint; it was left "
+                "untouched: move it away or pass another checkpoint"
+            )
+        version = conn.execute("SELECT value FROM meta WHERE name = 'version'").fetchone()
+        if version is None or version[0] != VERSION:
+            raise CheckpointError(
+                f"{path} is a raypool checkpoint of format version "
+                f"{version[0] if version else '?'}; this raypool reads version {VERSION}"
+            )
+    else:
+        conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+        conn.execute(
+            "CREATE TABLE results (seq INTEGER PRIMARY KEY, key BLOB NOT NULL, "
+            "failed INTEGER NOT NULL, outcome BLOB NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE keyindex (key BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        now = str(time.time())
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [
+                ("format", FORMAT),
+                ("version", VERSION),
+                ("created", now),
+                ("updated", now),
+                ("indexed", "0"),
+            ],
+        )
+    if function:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('function', ?)", (function,))
+
+
+# -- inspecting (the command line) -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What ``raypool checkpoints list`` shows of one checkpoint."""
+
+    name: str
+    path: str
+    function: str
+    items: int
+    failures: int
+    size: int  # bytes, with the write-ahead log
+    created: float
+    updated: float
+
+
+def summarize(path: str | os.PathLike[str]) -> Summary:
+    """A ``Summary`` of the checkpoint at ``path`` (read only)."""
+    path = os.path.abspath(os.fspath(path))
+    if not _check_file(path):
+        raise CheckpointError(f"{path} is not a raypool checkpoint: it is missing or empty")
+    with _translated(path), contextlib.closing(_connect(path)) as conn:
+        meta = dict(conn.execute("SELECT name, value FROM meta"))
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is an SQLite database but not a raypool checkpoint")
+        items, failures = _counts(conn, int(meta.get("indexed", 0)))
+    size = sum(os.path.getsize(path + e) for e in ("", "-wal") if os.path.exists(path + e))
+    name = os.path.basename(path)
+    return Summary(
+        name=name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name,
+        path=path,
+        function=meta.get("function", ""),
+        items=items,
+        failures=int(failures),
+        size=size,
+        created=float(meta.get("created", 0)),
+        updated=float(meta.get("updated", 0)),
+    )
+
+
+def _counts(conn: sqlite3.Connection, indexed: int) -> tuple[int, int]:
+    """Items recorded (a key counts once, as its latest row) and how many failed."""
+    items, failures = conn.execute(
+        "SELECT count(*), total(r.failed) FROM keyindex AS k JOIN results AS r ON r.seq = k.seq"
+    ).fetchone()
+    more, more_failures = conn.execute(  # appended since the last opening: not indexed yet
+        "SELECT count(*), total(failed) FROM results WHERE seq > ?", (indexed,)
+    ).fetchone()
+    return items + more, int(failures + more_failures)
+
+
+def failures(path: str | os.PathLike[str], limit: int) -> list[tuple[bytes, str]]:
+    """Up to ``limit`` recorded failures of the checkpoint at ``path``: ``(key, text)``."""
+    path = os.path.abspath(os.fspath(path))
+    _check_file(path)
+    with _translated(path), contextlib.closing(_connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT key, outcome FROM results WHERE failed ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+    shown = []
+    for key, outcome in rows:
+        try:
+            exc, _ = loads_value(outcome)
+            text = f"{type(exc).__name__}: {exc}"
+        except Exception as error:
+            text = f"(cannot be loaded: {type(error).__name__}: {error})"
+        shown.append((key, text))
+    return shown
+
+
+def list_checkpoints() -> list[Summary]:
+    """Every checkpoint in the checkpoint directory, by name; unreadable files are skipped
+    with a warning."""
+    directory = checkpoint_dir(create=False)
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith(SUFFIX):
+            try:
+                found.append(summarize(os.path.join(directory, entry)))
+            except CheckpointError as exc:
+                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+    return found
+
+
+def remove_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Delete the checkpoint at ``path`` with its write-ahead log; refuses a file that is
+    not a raypool checkpoint."""
+    path = os.path.abspath(os.fspath(path))
+    summarize(path)  # raises for anything that is not a checkpoint
+    for extra in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + extra)

@@ -1,14 +1,24 @@
-"""checkpoint_path: a rerun replays recorded items and computes only the rest."""
+"""Checkpoints of RayMap: a rerun replays recorded items and computes only the rest."""
 
 from __future__ import annotations
 
 import functools
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers import fail_on, log_call
+from helpers import count_lines, fail_on, log_call, log_call_square
 from raypool import RayMap
+from raypool._engine import MAX_LOOKAHEAD
+from raypool._store import checkpoint_dir, summarize
 
 
 def test_rerun_replays_and_computes_only_the_rest(tmp_path: Path) -> None:
@@ -89,3 +99,167 @@ def test_checkpoint_survives_an_exception_mid_run(tmp_path: Path) -> None:
     again = RayMap(work, checkpoint_path=str(ckpt), batch_size=1).imap(range(7))
     assert list(again) == list(range(7))
     assert again.statistics().items_submitted == 0
+
+
+# -- where checkpoints live, and what they hold -------------------------------------------
+
+
+def test_checkpoint_true_is_named_after_the_function(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    logged = functools.partial(log_call, str(log))
+    rmap = RayMap(logged)
+    assert rmap.map(range(10), checkpoint=True) == list(range(10))
+    files = [p.name for p in Path(checkpoint_dir()).glob("helpers.log_call-*.sqlite")]
+    assert len(files) == 1
+    assert summarize(Path(checkpoint_dir(), files[0])).items == 10
+    it = RayMap(logged, checkpoint=True).imap(range(12))
+    assert list(it) == list(range(12))
+    assert it.statistics().items_replayed == 10
+    assert count_lines(log) == 12
+
+
+def test_editing_the_function_starts_a_fresh_checkpoint() -> None:
+    assert RayMap(lambda x: x + 1).map(range(4), checkpoint=True) == [1, 2, 3, 4]
+    assert RayMap(lambda x: x + 2).map(range(4), checkpoint=True) == [2, 3, 4, 5]
+    assert RayMap(lambda x: x + 1, checkpoint=True).map(range(4)) == [1, 2, 3, 4]
+
+
+def test_a_named_checkpoint_is_shared_whatever_the_function() -> None:
+    assert RayMap(lambda x: -x).map(range(3), checkpoint="shared-run") == [0, -1, -2]
+    again = RayMap(lambda x: x * 100).imap(range(4), checkpoint="shared-run")
+    assert list(again) == [0, -1, -2, 300]
+    assert Path(checkpoint_dir(), "shared-run.sqlite").exists()
+
+
+def test_a_call_can_turn_the_checkpoint_off(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.sqlite"
+    RayMap(lambda x: x, checkpoint_path=str(ckpt)).map(range(3), checkpoint=False)
+    assert not ckpt.exists()
+    with pytest.raises(TypeError, match="checkpoint or checkpoint_path"):
+        RayMap(lambda x: x, checkpoint=True, checkpoint_path=str(ckpt))
+    with pytest.raises(ValueError, match="checkpoint name"):
+        RayMap(lambda x: x).map([1], checkpoint="../escape")
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        RayMap(lambda x: x, checkpoint_interval=0)
+
+
+def test_checkpoint_errors_false_retries_failures(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.sqlite"
+    first = RayMap(fail_on, checkpoint_path=str(ckpt), checkpoint_errors=False)
+    assert isinstance(first.map(range(5), safe_exceptions=True)[3], ValueError)
+    fixed = RayMap(lambda x: x, checkpoint_path=str(ckpt), checkpoint_errors=False)
+    it = fixed.imap(range(5))
+    assert list(it) == [0, 1, 2, 3, 4]
+    assert it.statistics().items_submitted == 1  # only the failed item ran again
+
+
+def test_unordered_replay_returns_the_original_items(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.sqlite"
+    items = [(i, str(i)) for i in range(30)]
+    RayMap(lambda a, b: f"{a}:{b}", checkpoint_path=str(ckpt)).map(items[::2])
+    again = RayMap(lambda a, b: f"{a}:{b}", checkpoint_path=str(ckpt))
+    it = again.imap(items, keep_order=False, ret_args=True)
+    pairs = list(it)
+    assert sorted(pairs) == sorted((item, f"{item[0]}:{item[1]}") for item in items)
+    assert it.statistics().items_replayed == 15
+
+
+def test_replay_reads_the_input_lazily(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.sqlite"
+    RayMap(lambda x: x * 2, checkpoint_path=str(ckpt)).map(range(2000))
+    rmap = RayMap(lambda x: x * 2, checkpoint_path=str(ckpt), batch_size=10, max_pending=4)
+    it = rmap.imap(itertools.count())  # endless: replay must not read it all first
+    assert [next(it) for _ in range(2100)] == [x * 2 for x in range(2100)]
+    stats = it.statistics()
+    it.close()
+    assert stats.items_replayed == 2000
+    assert stats.items_read <= 2100 + MAX_LOOKAHEAD + 4 * 10
+
+
+_SETS_IN_ANOTHER_INTERPRETER = textwrap.dedent(
+    """
+    import sys
+    from raypool import RayMap
+
+    items = [frozenset({f"tag{i}", f"tag{i + 1}", "common"}) for i in range(50)]
+    items += [{"a": {f"k{i}", "z"}} for i in range(50)]
+    RayMap(len, checkpoint_path=sys.argv[1], sequential=True, unpack="none").map(items)
+    """
+)
+
+
+def test_set_items_resume_under_another_hash_seed(tmp_path: Path) -> None:
+    ckpt = tmp_path / "sets.sqlite"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    done = subprocess.run(
+        [sys.executable, "-c", _SETS_IN_ANOTHER_INTERPRETER, str(ckpt)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    items = [frozenset({f"tag{i}", f"tag{i + 1}", "common"}) for i in range(50)]
+    items += [{"a": {f"k{i}", "z"}} for i in range(50)]  # type: ignore[list-item]
+    it = RayMap(len, checkpoint_path=str(ckpt), unpack="none").imap(items)
+    assert list(it) == [3] * 50 + [1] * 50
+    assert it.statistics().items_submitted == 0
+
+
+# -- a driver killed mid-run ----------------------------------------------------------------
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from raypool import RayMap
+
+    address, ckpt, log = sys.argv[1:4]
+
+    def work(x):
+        time.sleep(0.01)
+        with open(log, "a") as f:
+            f.write(f"{x}\\n")
+        return x * x
+
+    rmap = RayMap(
+        work, address=address, checkpoint_path=ckpt, checkpoint_every=5,
+        batch_size=2, max_pending=4,
+    )
+    for i, _ in enumerate(rmap.imap(range(400))):
+        print(i, flush=True)
+    """
+)
+
+
+def test_a_killed_driver_loses_only_the_uncommitted_tail(tmp_path: Path) -> None:
+    import ray
+
+    ckpt, first_log, second_log = tmp_path / "run.sqlite", tmp_path / "1.txt", tmp_path / "2.txt"
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RUN, address, str(ckpt), str(first_log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if int(line) >= 150:
+            break
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    # its tasks in flight may still finish: wait until the first log stops growing
+    lines = -1
+    while lines != count_lines(first_log):
+        lines = count_lines(first_log)
+        time.sleep(1.0)
+    with sqlite3.connect(ckpt) as conn:
+        committed = {int(x) for (x,) in conn.execute("SELECT count(*) FROM results")}.pop()
+    computed = count_lines(first_log)
+    assert 100 <= committed <= computed <= 400
+    assert computed - committed <= 40  # the uncommitted tail: about checkpoint_every + tasks
+
+    again = RayMap(functools.partial(log_call_square, str(second_log)), checkpoint_path=str(ckpt))
+    assert again.map(range(400)) == [x * x for x in range(400)]
+    recomputed = [int(x) for x in second_log.read_text().split()]
+    assert len(recomputed) == len(set(recomputed)) == 400 - committed
