@@ -30,3 +30,9 @@ def ten_ms(i: int) -> float:
 def touch_big(big: Any, i: int) -> float:
     """Reads one element of a big array carried by a ``functools.partial``."""
     return float(big[i])
+
+
+def light(x: int) -> int:
+    """100 us of CPU work: a small real task."""
+    busy(0.0001)
+    return x * x
