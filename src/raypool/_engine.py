@@ -12,11 +12,14 @@ Data flow of one ``imap`` call::
 1. ``RayMap.imap()`` validates everything, opens the input with ``iter()``, connects to
    Ray and ships the callable once (dill, one ``ray.put``); nothing runs yet.
 2. Each step of the iterator first *fills* the window: it reads the next chunk of input
-   (sized by ``BatchSizer``), answers from the checkpoint what it can, and submits the rest
-   as one task - until ``max_pending`` batches are in flight or waiting to be yielded.
+   (sized by ``BatchSizer``) and submits it as one task - until ``max_pending`` batches are
+   in flight or waiting to be yielded. With a checkpoint that holds results, input is read
+   in blocks that are looked up first: a run of recorded items becomes a batch that is
+   finished at once (replayed), new items go to tasks as above.
 3. It then yields a finished batch if one is next (input order) or any is done (as ready);
    otherwise it blocks in ``ray.wait`` - never polls - for one batch to finish, records it
-   (checkpoint, ``on_error``, the per-item duration for batch sizing) and loops.
+   (checkpoint rows to the store's writer thread, ``on_error``, the per-item duration for
+   batch sizing) and loops.
 4. Leaving early - ``break``, ``close()``, an exception, dropping the iterator, cancelling
    the consuming asyncio task - cancels the call's tasks still in flight.
 
@@ -749,33 +752,30 @@ class RayMap(Generic[R]):
             max_calls=self._max_tasks_per_worker,
         )
 
-    def _checkpoint_file(self, checkpoint: Checkpoint) -> str | None:
-        """The file of this call's checkpoint: the call's ``checkpoint``, else the
+    def _open_checkpoint(self, checkpoint: Checkpoint) -> SqliteStore | None:
+        """The store of this call's checkpoint: the call's ``checkpoint``, else the
         constructor's ``checkpoint`` or ``checkpoint_path``; ``None`` for none."""
         check_checkpoint(checkpoint)
         if checkpoint is None:
             checkpoint = self._checkpoint
+        if (checkpoint is None and self.checkpoint_path is None) or checkpoint is False:
+            return None
+        identity = fingerprint(self.fn)
         if checkpoint is None:
-            return None if self.checkpoint_path is None else os.fspath(self.checkpoint_path)
-        if checkpoint is False:
-            return None
-        if checkpoint is True:
-            return checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint(self.fn)))
-        if isinstance(checkpoint, str):
-            return checkpoint_file(checkpoint)
-        return os.fspath(checkpoint)
-
-    def _open_checkpoint(self, checkpoint: Checkpoint) -> SqliteStore | None:
-        path = self._checkpoint_file(checkpoint)
-        if path is None:
-            return None
+            path = os.fspath(self.checkpoint_path)  # type: ignore[arg-type]
+        elif checkpoint is True:
+            path = checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", identity))
+        elif isinstance(checkpoint, str):
+            path = checkpoint_file(checkpoint)
+        else:
+            path = os.fspath(checkpoint)
         options = self._options
         return SqliteStore(
             path,
             every=options.checkpoint_every,
             interval=options.checkpoint_interval,
             errors=options.checkpoint_errors,
-            function=fingerprint(self.fn),
+            function=identity,
         )
 
     def _run(

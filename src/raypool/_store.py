@@ -433,7 +433,7 @@ class SqliteStore:
                     stacklevel=1,
                 )
         whole = len(encoded) - len(encoded) % ROWS_PER_INSERT
-        with _translated(self.path), _transaction(conn):
+        with _transaction(conn):
             for start in range(0, whole, ROWS_PER_INSERT):
                 block = encoded[start : start + ROWS_PER_INSERT]
                 conn.execute(_INSERT_MANY, list(itertools.chain.from_iterable(block)))

@@ -96,6 +96,28 @@ def test_checkpoint_by_name_and_by_path(pool: raypool.RayPool, tmp_path: Path) -
         pool.map(square, [1], checkpoint="no/slashes")
 
 
+def test_pool_wide_checkpoint_options(tmp_path: Path) -> None:
+    log = str(tmp_path / "calls.log")
+
+    def flaky(x: int) -> int:
+        log_call(log, x)
+        if x == 2 and count_lines(log) < 6:
+            raise ValueError("transient")
+        return x
+
+    with raypool.Pool(checkpoint=True, checkpoint_errors=False, checkpoint_every=1) as pool:
+        first = pool.map(flaky, range(5), safe_exceptions=True)
+        assert isinstance(first[2], ValueError)
+        assert count_lines(log) == 5
+        # the failure was not kept: the rerun retries it alone
+        assert sorted(pool.imap_unordered(flaky, range(5))) == list(range(5))
+        assert count_lines(log) == 6
+        assert pool.map(flaky, range(5), checkpoint=False) == list(range(5))
+        assert count_lines(log) == 11
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        raypool.Pool(checkpoint_interval=-1)
+
+
 def test_chunksize_sets_items_per_task(pool: raypool.RayPool) -> None:
     pids = pool.map(pid_of, range(40), chunksize=40)
     assert len(set(pids)) == 1  # one task ran them all

@@ -125,6 +125,20 @@ def test_replay_finds_rows_recorded_in_any_order(tmp_path: Path) -> None:
     assert replayed == expected
 
 
+def test_a_failed_write_is_reported_not_lost_silently(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    store = SqliteStore(path, every=1)
+    with sqlite3.connect(path) as other:  # the file is damaged under the running store
+        other.execute("DROP TABLE results")
+    store.record([(key(1), False, 1)])
+    with pytest.raises(CheckpointError, match="cannot be written: no such table"):
+        for _ in range(600):
+            store.record([(key(2), False, 2)])
+            time.sleep(0.1)
+    with pytest.raises(CheckpointError, match="could not be written"):
+        store.close()
+
+
 def test_a_new_store_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAYPOOL_CACHE_DIR", str(tmp_path / "cache"))
     path = Path(checkpoint_file("private"))
