@@ -58,14 +58,16 @@ def sample():
     while not done.wait(0.01):
         peak = max(peak, process.memory_info().rss)
 
-sampler = threading.Thread(target=sample)
+sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 started = time.perf_counter()
-it = RayMap(workloads.square, checkpoint_path={path!r}).imap(range({n}))
-count = sum(1 for _ in it)
-seconds = time.perf_counter() - started
-done.set()
-sampler.join()
+try:
+    it = RayMap(workloads.square, checkpoint_path={path!r}).imap(range({n}))
+    count = sum(1 for _ in it)
+    seconds = time.perf_counter() - started
+finally:
+    done.set()
+    sampler.join()
 stats = it.statistics()
 assert count == {n} and stats.items_replayed == {n}, stats
 print(seconds, peak - before)
@@ -112,9 +114,10 @@ def resume_bench(n: int, folder: Path, address: str) -> dict[str, float]:
         code = _RESUME.format(
             bench=os.path.dirname(os.path.abspath(__file__)), address=address, path=str(path), n=n
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout.split()
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"the resume failed:\n{done.stderr[-3000:]}")
+        out = done.stdout.split()
         runs.append((float(out[0]), int(out[1])))
     (first, first_rss), (second, second_rss) = runs
     return {

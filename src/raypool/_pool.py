@@ -955,8 +955,11 @@ class RayPool(concurrent.futures.Executor):
                 the whole wait instead.
             safe_exceptions: return an item's exception in its place instead of raising.
             ret_args: return ``(item, result)`` pairs.
-            checkpoint: ``True`` (keyed by the function's identity), a name, or a path:
-                finished items are recorded, and a rerun returns them without computing.
+            checkpoint: ``True`` (a checkpoint in raypool's cache directory keyed by the
+                function's module, name and a hash of its code, defaults and closure), a
+                name (one in that directory), or a path; ``False`` turns a pool-wide one
+                off. Finished items are recorded, and a rerun returns them in their place
+                without computing them (see the README's "Checkpoints").
             remote_options: Ray options of the tasks (``num_cpus``, ``num_gpus``...).
             progress: show a progress bar on stderr (needs ``tqdm``).
 

@@ -99,7 +99,7 @@ _INSERT = "INSERT INTO results (key, failed, outcome) VALUES (?, ?, ?)"
 _INSERT_MANY = _INSERT.replace("(?, ?, ?)", ", ".join(["(?, ?, ?)"] * ROWS_PER_INSERT))
 
 FORMAT = "raypool-checkpoint"
-VERSION = "2"
+VERSION = "1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
