@@ -494,7 +494,7 @@ def _check_file(path: str) -> bool:
     if not os.path.exists(path):
         return False
     for extra in ("", "-wal", "-shm"):
-        if os.path.exists(path + extra):
+        with contextlib.suppress(FileNotFoundError):  # another process may close it now
             _check_ownership(path + extra, "checkpoint file")
     with open(path, "rb") as f:
         head = f.read(len(_SQLITE_MAGIC))
