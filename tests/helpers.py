@@ -174,3 +174,34 @@ def exception_throwing_generator(total: int, when: int) -> Any:
         if i == when:
             raise SayWhenError("Somebody said when")
         yield i
+
+
+def die_on(x: Any, bad: Any = 5) -> Any:
+    """Kills its own worker process on ``bad``, as a crashing C extension would."""
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def segfault_on(x: Any, bad: Any = 5) -> Any:
+    if x == bad:
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return x
+
+
+def log_then_die_on(path: str, x: Any, bad: Any = 5) -> Any:
+    log_call(path, x)
+    return die_on(x, bad)
+
+
+def killed_once(path: str, x: Any, victim: Any = 3) -> Any:
+    """On ``victim``, the first time only: writes its pid to ``path`` and waits (for the
+    test to kill it)."""
+    if x == victim and not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+        time.sleep(300)
+    return x

@@ -22,6 +22,7 @@ from ._errors import RemoteError as RemoteError
 from ._errors import RemoteTraceback as RemoteTraceback
 from ._errors import SerializationError as SerializationError
 from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._pool import AsyncResult as AsyncResult
 from ._pool import IMapIterator as IMapIterator
 from ._pool import MapResult as MapResult
@@ -54,6 +55,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "TaskTimeoutError",
+    "WorkerCrashedError",
     "__version__",
 ]
 

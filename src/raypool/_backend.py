@@ -20,7 +20,7 @@ import ray
 from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._outcome import BatchResult, failed_batch
-from ._runtime import cluster_cpus, translate_ray_error
+from ._runtime import cluster_cpus, is_lost_task, translate_ray_error
 from ._worker import Setup, TaskSpec, execute_batch, execute_batch_max_calls, run_batch
 
 __all__ = ["Backend", "InlineBackend", "RayBackend"]
@@ -36,6 +36,9 @@ class Backend(Protocol):
     """What the scheduler needs from an executor of batches."""
 
     cpus: int
+    #: Whether the items of a task whose worker died can be run again (a Ray task can; a
+    #: batch run in the calling process took that process with it).
+    rerunnable: bool
 
     def submit(self, items: list[Any]) -> Any:
         """Start a batch; returns its handle."""
@@ -87,12 +90,15 @@ class RayBackend:
         max_calls: int | None = None,
     ) -> None:
         self.cpus = cluster_cpus()
+        self.rerunnable = True
         # A small callable travels inside each task; a large one (a closure over data) goes
         # to the object store once, its ref hidden in a list from Ray's argument resolution
         # so that workers fetch it only on a cache miss instead of once per task.
         self._box: list[Any] = [blob if len(blob) <= INLINE_CALLABLE_BYTES else ray.put(blob)]
         remote = execute_batch if max_calls is None else execute_batch_max_calls(max_calls)
-        self._remote = remote.options(**remote_options) if remote_options else remote
+        # A task whose worker dies is not retried whole by Ray: the engine reruns its items
+        # in parts, so that one item that kills its worker cannot fail the others.
+        self._remote = remote.options(**{"max_retries": 0, **(remote_options or {})})
         self._cancel_key = new_key()
         self._spec: TaskSpec = (
             digest,
@@ -129,7 +135,7 @@ class RayBackend:
         try:
             value = future.result() if future is not None else ray.get(handle)
         except Exception as exc:
-            return failed_batch(size, *translate_ray_error(exc))
+            return failed_batch(size, *translate_ray_error(exc), lost=is_lost_task(exc))
         result: BatchResult = value
         return result
 
@@ -181,6 +187,7 @@ class InlineBackend:
     ) -> None:
         self._fn = fn
         self._kwargs: dict[str, Any] = {"unpack": unpack, "timeout": timeout, "batched": batched}
+        self.rerunnable = False
 
     def submit(self, items: list[Any]) -> _InlineTask:
         return _InlineTask(items)

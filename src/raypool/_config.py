@@ -49,6 +49,7 @@ class MapOptions:
             fewer than ``checkpoint_every``.
         checkpoint_errors: record application exceptions in the checkpoint and replay
             them (``False``: a rerun retries them).
+        max_retries: times an item whose worker process died under it is run again.
     """
 
     batch_size: int | None = None
@@ -65,6 +66,7 @@ class MapOptions:
     checkpoint_every: int = 100
     checkpoint_interval: float = 1.0
     checkpoint_errors: bool = True
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
@@ -95,6 +97,8 @@ class MapOptions:
                 "checkpoint_interval must be a positive number of seconds, "
                 f"got {self.checkpoint_interval!r}"
             )
+        if not _is_int(self.max_retries) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
         if self.unpack not in UNPACK_MODES:
             raise ValueError(f"unpack must be one of {UNPACK_MODES}, got {self.unpack!r}")
         for name in ("tail_batches_per_core", "tail_min_batch_size", "checkpoint_every"):

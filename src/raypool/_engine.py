@@ -111,17 +111,36 @@ MAX_LOOKAHEAD = 1024
 
 
 class _Batch:
-    """Items that go to one task - or, all recorded, come from the checkpoint instead."""
+    """Items that go to one task - or, all recorded, come from the checkpoint instead.
 
-    __slots__ = ("items", "keys", "recorded", "result", "seq", "size")
+    When the task's worker dies, its items run again as parts: child batches whose results
+    fill the parent's, which then finishes as one batch.
+    """
+
+    __slots__ = (
+        "attempts",
+        "items",
+        "keys",
+        "parent",
+        "parts",
+        "recorded",
+        "result",
+        "seq",
+        "size",
+        "start",
+    )
 
     def __init__(self, seq: int, size: int, items: list[Any] | None) -> None:
         self.seq = seq
         self.size = size
-        self.items = items  # kept only when ret_args or on_error need them
+        self.items = items  # kept only when ret_args, on_error or a rerun need them
         self.keys: list[bytes | None] | None = None  # checkpoint keys of the items
         self.recorded: list[Recorded] | None = None  # a batch replayed from the checkpoint
         self.result: BatchResult | None = None
+        self.parent: _Batch | None = None  # a part: the batch it belongs to, from ``start``
+        self.start = 0
+        self.parts = 0  # parts of this batch still running
+        self.attempts = 0  # times a one-item batch's worker died under it
 
 
 class _MapRun:
@@ -167,7 +186,9 @@ class _MapRun:
             tail_batches_per_core=options.tail_batches_per_core,
             tail_min_batch_size=options.tail_min_batch_size,
         )
-        self._keep_items = options.ret_args or on_error is not None
+        # Items stay with their batch until it finishes: to pair them with results, to
+        # report them, or to run them again if their worker dies.
+        self._keep_items = options.ret_args or on_error is not None or backend.rerunnable
         # Checkpoint keys separate calling conventions: fn(item) is not fn(*item).
         self._salt = f"{options.unpack}:{options.batched}:".encode()
         self._ahead: deque[tuple[Any, bytes | None, Recorded | None]] = deque()
@@ -307,11 +328,71 @@ class _MapRun:
         """Take in the result of the finished task ``handle``."""
         batch = self.in_flight.pop(handle)
         result = self.backend.result(handle, batch.size)
+        if result.lost and self._rerun(batch):
+            return
         if result.seconds > 0:
             self._sizer.observe(batch.size, result.seconds)
-        batch.result = result
+        parent = batch.parent
+        if parent is not None:
+            self._fill_part(parent, batch.start, result)
+            if parent.parts:
+                return
+            batch = parent
+        else:
+            batch.result = result
         self._record(batch)
         self._finish(batch)
+
+    def _rerun(self, batch: _Batch) -> bool:
+        """Run the items of a batch whose worker died again, if allowed: a batch of several
+        items as two halves (which do not count as retries), so that an item that kills its
+        worker ends up alone; a single item up to ``max_retries`` times."""
+        items = batch.items
+        if items is None or self._closed:
+            return False
+        if batch.size == 1:
+            if batch.attempts >= self.options.max_retries:
+                return False
+            batch.attempts += 1
+            self._submit_part(batch)
+            return True
+        parent = batch if batch.parent is None else batch.parent
+        offset = 0 if batch.parent is None else batch.start
+        if parent is batch:
+            batch.result = BatchResult([None] * batch.size, {}, 0.0, frozenset())
+        else:
+            parent.parts -= 1  # replaced by its halves
+        half = batch.size // 2
+        for start, stop in ((0, half), (half, batch.size)):
+            part = _Batch(batch.seq, stop - start, items[start:stop])
+            part.parent, part.start = parent, offset + start
+            parent.parts += 1
+            self._submit_part(part)
+        return True
+
+    def _submit_part(self, batch: _Batch) -> None:
+        assert batch.items is not None
+        handle = self.backend.submit(batch.items)
+        self.in_flight[handle] = batch
+        if self.on_submit is not None:
+            self.on_submit(handle)
+
+    @staticmethod
+    def _fill_part(parent: _Batch, start: int, result: BatchResult) -> None:
+        merged = parent.result
+        assert merged is not None
+        assert merged.errors is not None
+        merged.values[start : start + len(result.values)] = result.values
+        for index, error in (result.errors or {}).items():
+            merged.errors[start + index] = error
+        retry = {start + index for index in result.retry or ()}
+        parent.result = merged._replace(
+            seconds=merged.seconds + result.seconds,
+            retry=merged.retry | retry if merged.retry is not None else frozenset(retry),
+        )
+        parent.parts -= 1
+        if not parent.parts and not merged.errors:
+            parent.result = parent.result._replace(errors=None)
 
     def _record(self, batch: _Batch) -> None:
         result = batch.result
@@ -583,6 +664,11 @@ class RayMap(Generic[R]):
             fewer than ``checkpoint_every``.
         checkpoint_errors: record application exceptions and replay them on a rerun (as
             ray-map does); ``False``: keep them out, so that a rerun retries them.
+        max_retries: when a worker process dies under a task (``os._exit``, a segfault, a
+            kill, the out-of-memory killer, a lost node), its items run again, in halves,
+            until the item that killed it runs alone; that item is retried this many times
+            before it ends as a ``WorkerCrashedError``. The other items are unaffected.
+            Application exceptions are never retried.
         address: a Ray cluster to connect to (``"host:port"``, ``"ray://host:port"``,
             ``"auto"``); ``None`` starts a local instance. Unreachable: an error within
             seconds, never a silent local fallback. Ignored if Ray is already initialized.
@@ -647,6 +733,7 @@ class RayMap(Generic[R]):
         checkpoint: Checkpoint = None,
         checkpoint_interval: float = 1.0,
         checkpoint_errors: bool = True,
+        max_retries: int = 3,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"RayMap needs a callable, got {type(fn).__name__}: {fn!r}")
@@ -680,6 +767,7 @@ class RayMap(Generic[R]):
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
             checkpoint_errors=bool(checkpoint_errors),
+            max_retries=max_retries,
         )
         self.checkpoint_path = checkpoint_path
         self._checkpoint = checkpoint

@@ -10,8 +10,10 @@ change which ``except`` clause fires::
     │                                               a ``ValueError``, ``Executor`` code a
     │                                               ``RuntimeError``
     ├─ BrokenPoolError(RayPoolError, BrokenProcessPool)
-    │                                               Ray failed under a task (worker or node lost);
-    │                                               ``__cause__`` is the Ray error
+    │  │                                            Ray failed under a task (worker or node lost);
+    │  │                                            ``__cause__`` is the Ray error
+    │  └─ WorkerCrashedError                        this item's worker process died running it,
+    │                                               every time it was retried
     ├─ TaskTimeoutError(RayPoolError, multiprocessing.TimeoutError,
     │                   concurrent.futures.TimeoutError, TimeoutError)
     │                                               an item ran longer than its ``timeout``
@@ -48,6 +50,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "TaskTimeoutError",
+    "WorkerCrashedError",
 ]
 
 
@@ -67,6 +70,15 @@ class BrokenPoolError(RayPoolError, BrokenProcessPool):
     """Ray failed under a task: a worker process or node was lost, or Ray itself broke.
 
     The Ray exception is the ``__cause__``.
+    """
+
+
+class WorkerCrashedError(BrokenPoolError):
+    """The worker process died while it ran this item - ``os._exit``, a segfault, a kill,
+    the out-of-memory killer - on its first run and on each of its ``max_retries`` retries.
+
+    The other items of its task are run again without it and are not affected. The Ray
+    exception is the ``__cause__``.
     """
 
 

@@ -26,16 +26,20 @@ class BatchResult(NamedTuple):
         retry: positions whose error says nothing about the item - a timeout, a lost
             worker, a task that failed as a whole - so a checkpoint must not record it and a
             resume computes the item again; or ``None``.
+        lost: the task's worker process (or node) died under it: the engine may run its
+            items again.
     """
 
     values: list[Any]
     errors: dict[int, ItemError] | None
     seconds: float
     retry: frozenset[int] | None = None
+    lost: bool = False
 
 
-def failed_batch(size: int, exc: BaseException, tb: str = "") -> BatchResult:
+def failed_batch(size: int, exc: BaseException, tb: str = "", lost: bool = False) -> BatchResult:
     """A result in which all ``size`` items failed with ``exc``, a failure of the task
     rather than of its items (never checkpointed)."""
     every = range(size)
-    return BatchResult([None] * size, dict.fromkeys(every, (exc, tb)), 0.0, frozenset(every))
+    errors = dict.fromkeys(every, (exc, tb))
+    return BatchResult([None] * size, errors, 0.0, frozenset(every), lost)

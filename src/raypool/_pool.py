@@ -636,6 +636,8 @@ class RayPool(concurrent.futures.Executor):
             keyword extensions of the map methods (see ``map``).
         checkpoint_every, checkpoint_interval, checkpoint_errors: how checkpoints commit
             and whether they keep application exceptions (see ``RayMap``).
+        max_retries: runs of an item whose worker process died under it, after the first
+            (see ``RayMap``); then it fails alone with ``WorkerCrashedError``.
 
     Raises:
         ValueError: ``processes`` < 1, and other out-of-range values.
@@ -668,6 +670,7 @@ class RayPool(concurrent.futures.Executor):
         checkpoint_every: int = 100,
         checkpoint_interval: float = 1.0,
         checkpoint_errors: bool = True,
+        max_retries: int = 3,
     ) -> None:
         for name, value, alias, other in (
             ("processes", processes, "max_workers", max_workers),
@@ -695,6 +698,7 @@ class RayPool(concurrent.futures.Executor):
             max_pending=max_pending,
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
+            max_retries=max_retries,
         )
         self._defaults = _Defaults(
             timeout=timeout,
@@ -717,6 +721,7 @@ class RayPool(concurrent.futures.Executor):
                 "checkpoint_every": checkpoint_every,
                 "checkpoint_interval": checkpoint_interval,
                 "checkpoint_errors": bool(checkpoint_errors),
+                "max_retries": max_retries,
             },
         )
         self._owner = True

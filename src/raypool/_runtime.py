@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import ray
 import ray.exceptions
 
-from ._errors import BrokenPoolError, ClusterUnreachableError, RemoteError
+from ._errors import ClusterUnreachableError, RemoteError, WorkerCrashedError
 
 __all__ = [
     "at_thread_exit",
@@ -153,10 +153,18 @@ def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:
             return cause, tb
         return RemoteError(type(exc).__name__, "the task failed", tb), tb
     if isinstance(exc, ray.exceptions.RayError):
-        error = BrokenPoolError(f"Ray lost the task running this item: {exc}")
+        error = WorkerCrashedError(f"the worker process running this item died: {exc}")
         error.__cause__ = exc
         return error, ""
     return exc, ""
+
+
+def is_lost_task(exc: BaseException) -> bool:
+    """Whether Ray raised ``exc`` because the task's worker process or node died (its items
+    may be run again), rather than for what the task did."""
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(
+        exc, (ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError)
+    )
 
 
 def at_thread_exit(callback: Callable[[], None]) -> None:
