@@ -205,3 +205,14 @@ def killed_once(path: str, x: Any, victim: Any = 3) -> Any:
         os.replace(path + ".tmp", path)
         time.sleep(300)
     return x
+
+
+def flaky_until(path: str, x: Any) -> Any:
+    """Logs each call; items 1 and 6 raise ``ConnectionError`` on their first two calls,
+    item 3 always raises ``ValueError``."""
+    log_call(path, x)
+    if x in (1, 6) and Path(path).read_text().split().count(str(x)) <= 2:
+        raise ConnectionError(f"flaky {x}")
+    if x == 3:
+        raise ValueError("bad 3")
+    return x

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["UNPACK_MODES", "MapOptions", "Unpack"]
+__all__ = ["UNPACK_MODES", "MapOptions", "Unpack", "exception_types"]
 
 #: How an item becomes the arguments of the mapped function:
 #: ``"auto"`` (the ray-map convention): a tuple is ``fn(*item)``, a dict ``fn(**item)``,
@@ -23,6 +23,22 @@ UNPACK_MODES: tuple[str, ...] = ("auto", "none", "args", "kwargs", "call")
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def exception_types(retry: object) -> tuple[type[BaseException], ...]:
+    """``retry_exceptions`` as ``MapOptions`` keeps it: ``True`` is any ``Exception``."""
+    if retry is True:
+        return (Exception,)
+    if retry is False or retry is None:
+        return ()
+    if isinstance(retry, type):
+        return (retry,)
+    try:
+        return tuple(retry)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"retry_exceptions must be True, False or exception classes, got {retry!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -49,7 +65,9 @@ class MapOptions:
             fewer than ``checkpoint_every``.
         checkpoint_errors: record application exceptions in the checkpoint and replay
             them (``False``: a rerun retries them).
-        max_retries: times an item whose worker process died under it is run again.
+        max_retries: times an item whose worker process died under it is run again (and
+            an item that raised one of ``retry_exceptions``).
+        retry_exceptions: application exceptions after which an item runs again.
     """
 
     batch_size: int | None = None
@@ -67,6 +85,7 @@ class MapOptions:
     checkpoint_interval: float = 1.0
     checkpoint_errors: bool = True
     max_retries: int = 3
+    retry_exceptions: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
@@ -99,6 +118,14 @@ class MapOptions:
             )
         if not _is_int(self.max_retries) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        if not isinstance(self.retry_exceptions, tuple) or not all(
+            isinstance(cls, type) and issubclass(cls, BaseException)
+            for cls in self.retry_exceptions
+        ):
+            raise TypeError(
+                "retry_exceptions must be True, False or exception classes, "
+                f"got {self.retry_exceptions!r}"
+            )
         if self.unpack not in UNPACK_MODES:
             raise ValueError(f"unpack must be one of {UNPACK_MODES}, got {self.unpack!r}")
         for name in ("tail_batches_per_core", "tail_min_batch_size", "checkpoint_every"):

@@ -46,7 +46,7 @@ import ray
 
 from ._backend import Backend, InlineBackend, RayBackend
 from ._batching import BatchSizer
-from ._config import MapOptions, Unpack
+from ._config import MapOptions, Unpack, exception_types
 from ._errors import attach_remote_traceback
 from ._keys import fingerprint, item_key
 from ._outcome import BatchResult, ItemError
@@ -188,7 +188,9 @@ class _MapRun:
         )
         # Items stay with their batch until it finishes: to pair them with results, to
         # report them, or to run them again if their worker dies.
-        self._keep_items = options.ret_args or on_error is not None or backend.rerunnable
+        self._keep_items = bool(
+            options.ret_args or on_error or options.retry_exceptions or backend.rerunnable
+        )
         # Checkpoint keys separate calling conventions: fn(item) is not fn(*item).
         self._salt = f"{options.unpack}:{options.batched}:".encode()
         self._ahead: deque[tuple[Any, bytes | None, Recorded | None]] = deque()
@@ -332,7 +334,15 @@ class _MapRun:
             return
         if result.seconds > 0:
             self._sizer.observe(batch.size, result.seconds)
+        if result.errors and self.options.retry_exceptions and not self._closed:
+            kept = self._retry_failed(batch, result)
+            if kept is None:
+                return  # the item runs again
+            result = kept
         parent = batch.parent
+        if parent is None and batch.parts:
+            batch.result = result  # its failed items run again: it finishes with them
+            return
         if parent is not None:
             self._fill_part(parent, batch.start, result)
             if parent.parts:
@@ -369,6 +379,37 @@ class _MapRun:
             parent.parts += 1
             self._submit_part(part)
         return True
+
+    def _retry_failed(self, batch: _Batch, result: BatchResult) -> BatchResult | None:
+        """Run the items that raised one of ``retry_exceptions`` again, each alone, up to
+        ``max_retries`` times; returns ``result`` without them, or ``None`` when ``batch``
+        itself (a single item) runs again."""
+        assert result.errors is not None
+        if batch.items is None:
+            return result
+        retry_types = self.options.retry_exceptions
+        lost = result.retry or frozenset()
+        again = [
+            index
+            for index, (exc, _) in result.errors.items()
+            if isinstance(exc, retry_types) and index not in lost
+        ]
+        if not again:
+            return result
+        if batch.size == 1:
+            if batch.attempts >= self.options.max_retries:
+                return result
+            batch.attempts += 1
+            self._submit_part(batch)
+            return None
+        parent = batch if batch.parent is None else batch.parent
+        for index in again:
+            part = _Batch(batch.seq, 1, [batch.items[index]])
+            part.parent, part.start, part.attempts = parent, batch.start + index, 1
+            parent.parts += 1
+            self._submit_part(part)
+        errors = {i: error for i, error in result.errors.items() if i not in again}
+        return result._replace(errors=errors)
 
     def _submit_part(self, batch: _Batch) -> None:
         assert batch.items is not None
@@ -668,7 +709,10 @@ class RayMap(Generic[R]):
             kill, the out-of-memory killer, a lost node), its items run again, in halves,
             until the item that killed it runs alone; that item is retried this many times
             before it ends as a ``WorkerCrashedError``. The other items are unaffected.
-            Application exceptions are never retried.
+            Application exceptions are retried only if ``retry_exceptions`` says so.
+        retry_exceptions: ``True`` (any ``Exception``) or exception classes: an item that
+            raises one runs again, alone, up to ``max_retries`` times (as Ray's option of
+            that name, but per item); its last outcome is the result.
         address: a Ray cluster to connect to (``"host:port"``, ``"ray://host:port"``,
             ``"auto"``); ``None`` starts a local instance. Unreachable: an error within
             seconds, never a silent local fallback. Ignored if Ray is already initialized.
@@ -734,6 +778,7 @@ class RayMap(Generic[R]):
         checkpoint_interval: float = 1.0,
         checkpoint_errors: bool = True,
         max_retries: int = 3,
+        retry_exceptions: bool | Iterable[type[BaseException]] = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"RayMap needs a callable, got {type(fn).__name__}: {fn!r}")
@@ -768,6 +813,7 @@ class RayMap(Generic[R]):
             checkpoint_interval=checkpoint_interval,
             checkpoint_errors=bool(checkpoint_errors),
             max_retries=max_retries,
+            retry_exceptions=exception_types(retry_exceptions),
         )
         self.checkpoint_path = checkpoint_path
         self._checkpoint = checkpoint

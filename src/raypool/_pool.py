@@ -40,7 +40,7 @@ from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceb
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._config import MapOptions, Unpack
+from ._config import MapOptions, Unpack, exception_types
 from ._dispatch import Call, Dispatcher
 from ._engine import RayMap, make_setup
 from ._errors import PoolClosedError, RemoteTraceback
@@ -638,6 +638,8 @@ class RayPool(concurrent.futures.Executor):
             and whether they keep application exceptions (see ``RayMap``).
         max_retries: runs of an item whose worker process died under it, after the first
             (see ``RayMap``); then it fails alone with ``WorkerCrashedError``.
+        retry_exceptions: ``True`` or exception classes: an item that raises one runs
+            again, alone, up to ``max_retries`` times (see ``RayMap``).
 
     Raises:
         ValueError: ``processes`` < 1, and other out-of-range values.
@@ -671,6 +673,7 @@ class RayPool(concurrent.futures.Executor):
         checkpoint_interval: float = 1.0,
         checkpoint_errors: bool = True,
         max_retries: int = 3,
+        retry_exceptions: bool | Iterable[type[BaseException]] = False,
     ) -> None:
         for name, value, alias, other in (
             ("processes", processes, "max_workers", max_workers),
@@ -699,6 +702,7 @@ class RayPool(concurrent.futures.Executor):
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
             max_retries=max_retries,
+            retry_exceptions=exception_types(retry_exceptions),
         )
         self._defaults = _Defaults(
             timeout=timeout,
@@ -722,6 +726,7 @@ class RayPool(concurrent.futures.Executor):
                 "checkpoint_interval": checkpoint_interval,
                 "checkpoint_errors": bool(checkpoint_errors),
                 "max_retries": max_retries,
+                "retry_exceptions": retry_exceptions,
             },
         )
         self._owner = True

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import raypool
-from helpers import die_on, killed_once, log_then_die_on, segfault_on, square
+from helpers import die_on, flaky_until, killed_once, log_then_die_on, segfault_on, square
 from raypool import BrokenPoolError, RayMap, WorkerCrashedError
 
 
@@ -64,3 +64,38 @@ def test_a_worker_killed_from_outside_is_retried(tmp_path: Path) -> None:
         out = pool.map(die_on, range(10), chunksize=5, safe_exceptions=True)
         assert isinstance(out[5], WorkerCrashedError)
         assert pool.map(square, range(4)) == [0, 1, 4, 9]
+
+
+def test_retry_exceptions_reruns_matching_failures_alone(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    fn = functools.partial(flaky_until, str(log))
+    rmap = RayMap(fn, batch_size=4, retry_exceptions=[ConnectionError], max_retries=3)
+    # items 1 and 6 fail twice with ConnectionError, then succeed; 3 raises ValueError
+    out = rmap.map(range(8), safe_exceptions=True)
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert isinstance(out[3], ValueError)
+    calls = log.read_text().split()
+    assert calls.count("1") == calls.count("6") == 3
+    assert calls.count("3") == 1  # not a retried type
+    # too few retries: the last failure is the result
+    log.unlink()
+    out = RayMap(fn, batch_size=4, retry_exceptions=True, max_retries=1).map(
+        range(8), safe_exceptions=True
+    )
+    assert isinstance(out[1], ConnectionError)
+    assert isinstance(out[3], ValueError)
+    assert log.read_text().split().count("3") == 2  # True retries every Exception
+    log.unlink()
+    sequential = RayMap(fn, retry_exceptions=ConnectionError, sequential=True)
+    assert sequential.map([1, 2]) == [1, 2]
+    assert log.read_text().split().count("1") == 3
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        RayMap(fn, retry_exceptions=[42])  # type: ignore[list-item]
+
+
+def test_the_pool_retries_too(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    with raypool.Pool(retry_exceptions=(ConnectionError,)) as pool:
+        fn = functools.partial(flaky_until, str(log))
+        assert pool.map(fn, [1, 2], safe_exceptions=True) == [1, 2]
+        assert log.read_text().split().count("1") == 3
