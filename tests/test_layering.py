@@ -22,7 +22,7 @@ ALLOWED = {
     "_runtime": {"_errors"},
     "_cancel": {"_runtime"},
     "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
-    "_backend": {"_cancel", "_config", "_outcome", "_runtime", "_worker"},
+    "_backend": {"_cancel", "_config", "_errors", "_outcome", "_runtime", "_worker"},
     "_engine": {
         "_backend",
         "_batching",

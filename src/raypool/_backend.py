@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import ray
+from ray import cloudpickle
 
 from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
+from ._errors import SerializationError
 from ._outcome import BatchResult, failed_batch
 from ._runtime import cluster_cpus, is_lost_task, translate_ray_error
 from ._worker import Setup, TaskSpec, execute_batch, execute_batch_max_calls, run_batch
@@ -64,6 +67,19 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release what this backend holds (idempotent)."""
+
+
+def _unserializable(items: list[Any], exc: TypeError) -> BaseException:
+    """The error that names the item Ray could not send to a worker, and why."""
+    for item in items:
+        try:
+            cloudpickle.dumps(item)  # type: ignore[no-untyped-call]
+        except Exception as cause:
+            return SerializationError(
+                f"cannot send the item {reprlib.repr(item)} to a worker: "
+                f"{type(cause).__name__}: {cause}"
+            )
+    return exc
 
 
 class RayBackend:
@@ -114,7 +130,10 @@ class RayBackend:
         self._futures: dict[Any, asyncio.Future[Any] | concurrent.futures.Future[Any]] = {}
 
     def submit(self, items: list[Any]) -> Any:
-        return self._remote.remote(self._spec, items)
+        try:
+            return self._remote.remote(self._spec, items)
+        except TypeError as exc:  # Ray could not serialize the arguments
+            raise _unserializable(items, exc) from exc
 
     def wait(self, handles: Sequence[Any]) -> Any:
         ready, _ = ray.wait(list(handles), num_returns=1)

@@ -17,8 +17,8 @@ change which ``except`` clause fires::
     ├─ TaskTimeoutError(RayPoolError, multiprocessing.TimeoutError,
     │                   concurrent.futures.TimeoutError, TimeoutError)
     │                                               an item ran longer than its ``timeout``
-    ├─ SerializationError(RayPoolError, pickle.PicklingError)
-    │                                               dill could not serialize the callable
+    ├─ SerializationError(RayPoolError, pickle.PicklingError, TypeError)
+    │                                               the callable or an item cannot be shipped
     ├─ CheckpointError(RayPoolError)                the checkpoint store is unusable
     ├─ BatchLengthError(RayPoolError, ValueError)   a batched function returned the wrong count
     ├─ RemoteError(RayPoolError)                    an exception that could not be sent back
@@ -108,8 +108,11 @@ class TaskTimeoutError(*_timeout_bases()):  # type: ignore[misc]
         return type(self), (str(self.args[0]) if self.args else "item timed out",)
 
 
-class SerializationError(RayPoolError, pickle.PicklingError):
-    """An object could not be serialized to be shipped to the workers."""
+class SerializationError(RayPoolError, pickle.PicklingError, TypeError):
+    """An object could not be serialized to be shipped to the workers.
+
+    Also a ``TypeError``, which ``multiprocessing`` raises for an argument it cannot pickle.
+    """
 
 
 class CheckpointError(RayPoolError):

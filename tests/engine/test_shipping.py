@@ -1,14 +1,18 @@
-"""The callable is serialized once per call and deserialized once per worker process."""
+"""The callable is serialized once per call and deserialized once per worker process;
+what cannot be shipped is named."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
-from raypool import RayMap
+from helpers import square
+from raypool import RayMap, SerializationError
 
 
 class LoadCounter:
@@ -45,3 +49,10 @@ def test_closure_over_a_big_array_moves_once_per_worker(tmp_path: Path) -> None:
     assert len(loads) == len(set(loads))  # no worker process deserialized it twice
     assert set(map(int, loads)) == worker_pids
     assert len(loads) < 200
+
+
+def test_an_item_that_cannot_be_sent_is_named() -> None:
+    with pytest.raises(SerializationError, match=r"cannot send the item .*_thread.lock") as info:
+        RayMap(square).map([1, threading.Lock()])
+    assert "cannot pickle '_thread.lock' object" in str(info.value)
+    assert isinstance(info.value, TypeError)  # what multiprocessing raises there

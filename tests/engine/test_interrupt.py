@@ -1,0 +1,76 @@
+"""Ctrl-C in the driver: the work stops, the checkpoint keeps what finished, a rerun resumes."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from helpers import count_lines
+from raypool import RayMap
+
+_INTERRUPTED = textwrap.dedent(
+    """
+    import sys, time
+    from raypool import RayMap
+
+    address, ckpt, log = sys.argv[1:4]
+
+    def work(x):
+        with open(log, "a") as f:
+            f.write(f"{x}\\n")
+        time.sleep(0.3)
+        return x
+
+    rmap = RayMap(work, address=address, checkpoint_path=ckpt, batch_size=1)
+    try:
+        for i, _ in enumerate(rmap.imap(range(300))):
+            print(i, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+    """
+)
+
+
+def _stable(path: Path, seconds: float = 2.0) -> int:
+    """The line count of ``path`` once it has not changed for ``seconds``."""
+    before = -1
+    while before != count_lines(path):
+        before = count_lines(path)
+        time.sleep(seconds)
+    return before
+
+
+def test_ctrl_c_stops_the_work_and_a_rerun_resumes(tmp_path: Path) -> None:
+    import ray
+
+    ckpt, log = tmp_path / "run.sqlite", tmp_path / "calls.txt"
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED, address, str(ckpt), str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if line.strip().isdigit() and int(line) >= 10:
+            break
+    driver.send_signal(signal.SIGINT)
+    rest, _ = driver.communicate(timeout=60)
+    assert "interrupted" in rest  # KeyboardInterrupt reached the caller
+    assert driver.returncode != 0
+    computed = _stable(log)
+    assert computed < 300  # the rest of the work never ran
+    with sqlite3.connect(ckpt) as conn:
+        (recorded,) = conn.execute("SELECT count(*) FROM results").fetchone()
+    assert recorded >= 11  # what the caller saw was flushed on the way out
+
+    again = RayMap(lambda x: x, checkpoint_path=str(ckpt)).imap(range(300))
+    assert list(again) == list(range(300))
+    assert again.statistics().items_replayed == recorded
