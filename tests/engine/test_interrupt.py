@@ -15,9 +15,12 @@ from raypool import RayMap
 
 _INTERRUPTED = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from raypool import RayMap
 
+    # As in a terminal: a child of a process that ignores SIGINT (a CI runner) inherits the
+    # ignoring, and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     address, ckpt, log = sys.argv[1:4]
 
     def work(x):
