@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import count_lines, fail_on, log_call, log_call_square
+from helpers import (
+    SayWhenError,
+    count_lines,
+    exception_throwing_generator,
+    fail_on,
+    log_call,
+    log_call_square,
+)
 from raypool import RayMap
 from raypool._engine import MAX_LOOKAHEAD
 from raypool._store import checkpoint_dir, summarize
@@ -263,3 +270,16 @@ def test_a_killed_driver_loses_only_the_uncommitted_tail(tmp_path: Path) -> None
     assert again.map(range(400)) == [x * x for x in range(400)]
     recomputed = [int(x) for x in second_log.read_text().split()]
     assert len(recomputed) == len(set(recomputed)) == 400 - committed
+
+
+def test_an_input_that_raises_keeps_what_finished(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.sqlite"
+    rmap = RayMap(lambda x: x * 10, checkpoint_path=str(ckpt), batch_size=3)
+    got = []
+    with pytest.raises(SayWhenError):
+        for value in rmap.imap(exception_throwing_generator(100, 25)):
+            got.append(value)
+    assert got == [x * 10 for x in range(25)]  # every item read before the error
+    again = RayMap(lambda x: x * 10, checkpoint_path=str(ckpt)).imap(range(25))
+    assert list(again) == got
+    assert again.statistics().items_replayed == 25
