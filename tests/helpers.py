@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,35 @@ def log_call(path: str, x: Any) -> Any:
 def log_call_square(path: str, x: int) -> int:
     """``log_call``, returning ``x * x``."""
     return log_call(path, x) * x
+
+
+def driver_past(code: str, args: list[str], count: int) -> subprocess.Popen[str]:
+    """A driver process running ``code`` (with ``args``, after the session's Ray address),
+    once it has printed a line ``>= count``: its results are flowing."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code, address, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if line.strip().isdigit() and int(line) >= count:
+            return driver
+    raise AssertionError(f"the driver ended before printing {count}")
+
+
+def settled_line_count(path: str | Path, seconds: float = 1.0) -> int:
+    """The line count of ``path`` once it has not changed for ``seconds`` (tasks of a
+    stopped driver may still finish)."""
+    before = -1
+    while before != count_lines(path):
+        before = count_lines(path)
+        time.sleep(seconds)
+    return before
 
 
 def count_lines(path: str | Path) -> int:

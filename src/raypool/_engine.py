@@ -361,11 +361,7 @@ class _MapRun:
         if items is None or self._closed:
             return False
         if batch.size == 1:
-            if batch.attempts >= self.options.max_retries:
-                return False
-            batch.attempts += 1
-            self._submit_part(batch)
-            return True
+            return self._run_alone_again(batch)
         parent = batch if batch.parent is None else batch.parent
         offset = 0 if batch.parent is None else batch.start
         if parent is batch:
@@ -397,11 +393,7 @@ class _MapRun:
         if not again:
             return result
         if batch.size == 1:
-            if batch.attempts >= self.options.max_retries:
-                return result
-            batch.attempts += 1
-            self._submit_part(batch)
-            return None
+            return None if self._run_alone_again(batch) else result
         parent = batch if batch.parent is None else batch.parent
         for index in again:
             part = _Batch(batch.seq, 1, [batch.items[index]])
@@ -410,6 +402,14 @@ class _MapRun:
             self._submit_part(part)
         errors = {i: error for i, error in result.errors.items() if i not in again}
         return result._replace(errors=errors)
+
+    def _run_alone_again(self, batch: _Batch) -> bool:
+        """Submit a one-item batch once more, unless it has had its ``max_retries``."""
+        if batch.attempts >= self.options.max_retries:
+            return False
+        batch.attempts += 1
+        self._submit_part(batch)
+        return True
 
     def _submit_part(self, batch: _Batch) -> None:
         assert batch.items is not None

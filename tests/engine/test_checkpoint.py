@@ -18,10 +18,12 @@ import pytest
 from helpers import (
     SayWhenError,
     count_lines,
+    driver_past,
     exception_throwing_generator,
     fail_on,
     log_call,
     log_call_square,
+    settled_line_count,
 )
 from raypool import RayMap
 from raypool._engine import MAX_LOOKAHEAD
@@ -72,7 +74,6 @@ def test_application_errors_are_replayed_timeouts_are_retried(tmp_path: Path) ->
 
 
 def test_timeouts_are_not_recorded(tmp_path: Path) -> None:
-    import time
 
     ckpt = tmp_path / "run.ckpt"
 
@@ -239,30 +240,13 @@ _KILLED_RUN = textwrap.dedent(
 
 
 def test_a_killed_driver_loses_only_the_uncommitted_tail(tmp_path: Path) -> None:
-    import ray
-
     ckpt, first_log, second_log = tmp_path / "run.sqlite", tmp_path / "1.txt", tmp_path / "2.txt"
-    address = ray.get_runtime_context().gcs_address
-    driver = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_RUN, address, str(ckpt), str(first_log)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert driver.stdout is not None
-    for line in driver.stdout:
-        if int(line) >= 150:
-            break
+    driver = driver_past(_KILLED_RUN, [str(ckpt), str(first_log)], 150)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)
-    # its tasks in flight may still finish: wait until the first log stops growing
-    lines = -1
-    while lines != count_lines(first_log):
-        lines = count_lines(first_log)
-        time.sleep(1.0)
+    computed = settled_line_count(first_log)  # its tasks in flight may still finish
     with sqlite3.connect(ckpt) as conn:
-        committed = {int(x) for (x,) in conn.execute("SELECT count(*) FROM results")}.pop()
-    computed = count_lines(first_log)
+        (committed,) = conn.execute("SELECT count(*) FROM results").fetchone()
     assert 100 <= committed <= computed <= 400
     assert computed - committed <= 40  # the uncommitted tail: about checkpoint_every + tasks
 

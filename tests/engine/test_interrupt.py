@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
-from helpers import count_lines
+from helpers import driver_past, settled_line_count
 from raypool import RayMap
 
 _INTERRUPTED = textwrap.dedent(
@@ -40,35 +37,14 @@ _INTERRUPTED = textwrap.dedent(
 )
 
 
-def _stable(path: Path, seconds: float = 2.0) -> int:
-    """The line count of ``path`` once it has not changed for ``seconds``."""
-    before = -1
-    while before != count_lines(path):
-        before = count_lines(path)
-        time.sleep(seconds)
-    return before
-
-
 def test_ctrl_c_stops_the_work_and_a_rerun_resumes(tmp_path: Path) -> None:
-    import ray
-
     ckpt, log = tmp_path / "run.sqlite", tmp_path / "calls.txt"
-    address = ray.get_runtime_context().gcs_address
-    driver = subprocess.Popen(
-        [sys.executable, "-c", _INTERRUPTED, address, str(ckpt), str(log)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert driver.stdout is not None
-    for line in driver.stdout:
-        if line.strip().isdigit() and int(line) >= 10:
-            break
+    driver = driver_past(_INTERRUPTED, [str(ckpt), str(log)], 10)
     driver.send_signal(signal.SIGINT)
     rest, _ = driver.communicate(timeout=60)
     assert "interrupted" in rest  # KeyboardInterrupt reached the caller
     assert driver.returncode != 0
-    computed = _stable(log)
+    computed = settled_line_count(log, 2.0)
     assert computed < 300  # the rest of the work never ran
     with sqlite3.connect(ckpt) as conn:
         (recorded,) = conn.execute("SELECT count(*) FROM results").fetchone()
