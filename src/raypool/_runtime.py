@@ -123,8 +123,33 @@ def ensure_ray(
             kwargs["_redis_password"] = password
         if runtime_env:
             kwargs["runtime_env"] = runtime_env
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            if target and _refused_token(exc):
+                raise ClusterUnreachableError(
+                    f"the Ray cluster at {target!r} refused this process's authentication "
+                    "token: it uses Ray's token authentication, and Ray sends a token to an "
+                    "explicit address only when told to. Set RAY_AUTH_MODE=token and give "
+                    "the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                    "~/.ray/auth_token"
+                ) from exc
+            raise
         return True
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """Whether ``ray.init`` failed because the cluster refused the (missing) token. Ray
+    chains the failure as text, so the text is what can be read."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return any(
+        isinstance(link, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(link)
+        for link in chain
+    )
 
 
 #: How long ``cluster_cpus`` trusts its last answer. Longer saves a GCS request per map
