@@ -38,3 +38,12 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         del os.environ["RAYPOOL_CACHE_DIR"]
     else:
         os.environ["RAYPOOL_CACHE_DIR"] = previous
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-items",
+        type=int,
+        default=20_000,
+        help="items of the soak test (tests/engine/test_soak.py); CI runs the default",
+    )

@@ -247,3 +247,34 @@ def flaky_until(path: str, x: Any) -> Any:
     if x == 3:
         raise ValueError("bad 3")
     return x
+
+
+def soak_kind(x: int, total: int) -> str:
+    """What ``soak_work`` does with item ``x`` of ``total``: 1 % raise, 10 items kill their
+    worker every time, 10 only the first time, 10 overrun a 1 s timeout; the rest square."""
+    step = max(1, total // 10)
+    if x % 100 == 7:
+        return "error"
+    if x % step == 13:
+        return "crash"
+    if x % step == 53:
+        return "crash-once"
+    if x % step == 89:
+        return "timeout"
+    return "ok"
+
+
+def soak_work(marks: str, total: int, x: int) -> int:
+    kind = soak_kind(x, total)
+    if kind == "error":
+        raise ValueError(f"bad item {x}")
+    if kind == "crash":
+        os._exit(3)
+    if kind == "crash-once":
+        mark = Path(marks, str(x))
+        if not mark.exists():
+            mark.touch()
+            os._exit(3)
+    if kind == "timeout":
+        time.sleep(60)
+    return x * x

@@ -20,6 +20,7 @@ from ._errors import PoolClosedError as PoolClosedError
 from ._errors import RayPoolError as RayPoolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteTraceback as RemoteTraceback
+from ._errors import ResultTooLargeError as ResultTooLargeError
 from ._errors import SerializationError as SerializationError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import WorkerCrashedError as WorkerCrashedError
@@ -53,6 +54,7 @@ __all__ = [
     "RayPoolError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultTooLargeError",
     "SerializationError",
     "TaskTimeoutError",
     "WorkerCrashedError",

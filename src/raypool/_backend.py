@@ -23,7 +23,7 @@ from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._errors import SerializationError
 from ._outcome import BatchResult, failed_batch
-from ._runtime import cluster_cpus, is_lost_task, translate_ray_error
+from ._runtime import cluster_cpus, is_lost_task, is_too_large, translate_ray_error
 from ._worker import Setup, TaskSpec, execute_batch, execute_batch_max_calls, run_batch
 
 __all__ = ["Backend", "InlineBackend", "RayBackend"]
@@ -154,7 +154,12 @@ class RayBackend:
         try:
             value = future.result() if future is not None else ray.get(handle)
         except Exception as exc:
-            return failed_batch(size, *translate_ray_error(exc), lost=is_lost_task(exc))
+            return failed_batch(
+                size,
+                *translate_ray_error(exc),
+                lost=is_lost_task(exc),
+                too_large=is_too_large(exc),
+            )
         result: BatchResult = value
         return result
 

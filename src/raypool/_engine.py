@@ -330,7 +330,7 @@ class _MapRun:
         """Take in the result of the finished task ``handle``."""
         batch = self.in_flight.pop(handle)
         result = self.backend.result(handle, batch.size)
-        if result.lost and self._rerun(batch):
+        if (result.lost or (result.too_large and batch.size > 1)) and self._rerun(batch):
             return
         if result.seconds > 0:
             self._sizer.observe(batch.size, result.seconds)
@@ -354,9 +354,10 @@ class _MapRun:
         self._finish(batch)
 
     def _rerun(self, batch: _Batch) -> bool:
-        """Run the items of a batch whose worker died again, if allowed: a batch of several
-        items as two halves (which do not count as retries), so that an item that kills its
-        worker ends up alone; a single item up to ``max_retries`` times."""
+        """Run the items of a batch whose worker died (or whose result was too large)
+        again, if allowed: a batch of several items as two halves (which do not count as
+        retries), so that an item that kills its worker ends up alone; a single item up to
+        ``max_retries`` times."""
         items = batch.items
         if items is None or self._closed:
             return False
@@ -709,7 +710,9 @@ class RayMap(Generic[R]):
             kill, the out-of-memory killer, a lost node), its items run again, in halves,
             until the item that killed it runs alone; that item is retried this many times
             before it ends as a ``WorkerCrashedError``. The other items are unaffected.
-            Application exceptions are retried only if ``retry_exceptions`` says so.
+            Application exceptions are retried only if ``retry_exceptions`` says so. A
+            task whose result Ray cannot store is split the same way, and the item whose
+            result is too large ends as a ``ResultTooLargeError`` (not retried).
         retry_exceptions: ``True`` (any ``Exception``) or exception classes: an item that
             raises one runs again, alone, up to ``max_retries`` times (as Ray's option of
             that name, but per item); its last outcome is the result.

@@ -19,6 +19,8 @@ change which ``except`` clause fires::
     │                                               an item ran longer than its ``timeout``
     ├─ SerializationError(RayPoolError, pickle.PicklingError, TypeError)
     │                                               the callable or an item cannot be shipped
+    ├─ ResultTooLargeError(RayPoolError)            this item's result fits neither in Ray's
+    │                                               object store nor on its spill disk
     ├─ CheckpointError(RayPoolError)                the checkpoint store is unusable
     ├─ BatchLengthError(RayPoolError, ValueError)   a batched function returned the wrong count
     ├─ RemoteError(RayPoolError)                    an exception that could not be sent back
@@ -48,6 +50,7 @@ __all__ = [
     "RayPoolError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultTooLargeError",
     "SerializationError",
     "TaskTimeoutError",
     "WorkerCrashedError",
@@ -79,6 +82,16 @@ class WorkerCrashedError(BrokenPoolError):
 
     The other items of its task are run again without it and are not affected. The Ray
     exception is the ``__cause__``.
+    """
+
+
+class ResultTooLargeError(RayPoolError):
+    """This item's result could not be stored: Ray's object store was full and so was the
+    disk it spills objects to.
+
+    The other items of its task are run again without it and are not affected; the item is
+    not retried (its result would be as large again). Ray's ``ObjectStoreFullError`` or
+    ``OutOfDiskError`` is the ``__cause__``.
     """
 
 

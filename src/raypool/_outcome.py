@@ -28,6 +28,8 @@ class BatchResult(NamedTuple):
             resume computes the item again; or ``None``.
         lost: the task's worker process (or node) died under it: the engine may run its
             items again.
+        too_large: the task ran, but its result could not be stored: the engine may run its
+            items again in smaller batches.
     """
 
     values: list[Any]
@@ -35,11 +37,14 @@ class BatchResult(NamedTuple):
     seconds: float
     retry: frozenset[int] | None = None
     lost: bool = False
+    too_large: bool = False
 
 
-def failed_batch(size: int, exc: BaseException, tb: str = "", lost: bool = False) -> BatchResult:
+def failed_batch(
+    size: int, exc: BaseException, tb: str = "", *, lost: bool = False, too_large: bool = False
+) -> BatchResult:
     """A result in which all ``size`` items failed with ``exc``, a failure of the task
     rather than of its items (never checkpointed)."""
     every = range(size)
     errors = dict.fromkeys(every, (exc, tb))
-    return BatchResult([None] * size, errors, 0.0, frozenset(every), lost)
+    return BatchResult([None] * size, errors, 0.0, frozenset(every), lost, too_large)

@@ -24,13 +24,20 @@ from urllib.parse import urlsplit
 import ray
 import ray.exceptions
 
-from ._errors import ClusterUnreachableError, RemoteError, WorkerCrashedError
+from ._errors import (
+    ClusterUnreachableError,
+    RemoteError,
+    ResultTooLargeError,
+    WorkerCrashedError,
+)
 
 __all__ = [
     "at_thread_exit",
     "check_reachable",
     "cluster_cpus",
     "ensure_ray",
+    "is_lost_task",
+    "is_too_large",
     "translate_ray_error",
 ]
 
@@ -168,28 +175,60 @@ def cluster_cpus() -> int:
     return _cpus[1]
 
 
+#: What Ray raises when an object cannot be created, here a task's return value.
+_STORE_FULL = (ray.exceptions.ObjectStoreFullError, ray.exceptions.OutOfDiskError)
+
+
 def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:
     """The ``(exception, traceback text)`` each item of a batch reports when ``exc`` (raised
     by Ray for the whole batch) ended it."""
+    error: BaseException
+    if is_too_large(exc):
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        error = ResultTooLargeError(
+            "the result could not be stored: Ray's object store is full and so is the disk "
+            f"it spills to ({type(cause).__name__}: {_first_line(cause)})"
+        )
+        error.__cause__ = cause
+        return error, ""
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause
         tb = str(exc)
         if isinstance(cause, BaseException) and not isinstance(cause, KeyboardInterrupt):
             return cause, tb
         return RemoteError(type(exc).__name__, "the task failed", tb), tb
-    if isinstance(exc, ray.exceptions.RayError):
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        error = WorkerCrashedError(
+            "Ray's memory monitor killed the worker process running this item: its node "
+            f"ran low on memory ({_first_line(exc)})"
+        )
+    elif isinstance(exc, ray.exceptions.RayError):
         error = WorkerCrashedError(f"the worker process running this item died: {exc}")
-        error.__cause__ = exc
-        return error, ""
-    return exc, ""
+    else:
+        return exc, ""
+    error.__cause__ = exc
+    return error, ""
+
+
+def _first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).strip().splitlines()), "")
 
 
 def is_lost_task(exc: BaseException) -> bool:
     """Whether Ray raised ``exc`` because the task's worker process or node died (its items
     may be run again), rather than for what the task did."""
     return isinstance(exc, ray.exceptions.RayError) and not isinstance(
-        exc, (ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError)
+        exc, (ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError, *_STORE_FULL)
     )
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether the task ran but its result could not be stored (its items may be run again
+    in smaller batches). A function's own exceptions never reach here as the task's: the
+    worker reports them per item."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return isinstance(exc.cause, _STORE_FULL)
+    return isinstance(exc, _STORE_FULL)
 
 
 def at_thread_exit(callback: Callable[[], None]) -> None:
