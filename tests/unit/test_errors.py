@@ -13,6 +13,7 @@ from raypool import (
     ClusterUnreachableError,
     RayPoolError,
     RemoteError,
+    ResultTooLargeError,
     SerializationError,
     TaskTimeoutError,
 )
@@ -35,6 +36,7 @@ def test_timeout_error_is_every_stdlib_timeout() -> None:
         BrokenPoolError("lost"),
         SerializationError("nope"),
         ClusterUnreachableError("far"),
+        ResultTooLargeError("huge"),
     ],
 )
 def test_errors_pickle_round_trip(error: Exception) -> None:
