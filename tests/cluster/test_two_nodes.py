@@ -193,3 +193,23 @@ def test_a_cluster_with_token_authentication_says_how_to_connect(cluster: Cluste
     assert f"unreachable: the Ray cluster at {cluster.address!r} refused" in output, output
     assert "RAY_AUTH_MODE=token" in output
     assert cluster.token not in output
+
+
+WITH_PASSWORD = """
+    import logging, sys
+    from raypool import RayMap
+
+    logging.basicConfig()
+    logging.getLogger("raypool").setLevel(logging.DEBUG)  # whatever raypool logs is printed
+    print(RayMap(abs, address=sys.argv[1], password=sys.argv[2]).map([-1, -2, -3]))
+"""
+
+
+def test_a_password_is_never_logged(cluster: Cluster) -> None:
+    password = secrets.token_hex(8)
+    driver = _python(WITH_PASSWORD, cluster.address, password, env=cluster.env)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 0, output
+    assert "[1, 2, 3]" in output
+    assert password not in output
+    assert cluster.token not in output
