@@ -147,29 +147,35 @@ def test_a_node_lost_in_the_middle_of_imap_loses_no_item(cluster: Cluster) -> No
     total = 200
     driver = _python(IMAP_OVER_THE_CLUSTER, cluster.address, str(total), env=cluster.env)
     assert driver.stdout is not None
-    lines = []
+    results: list[tuple[int, str]] = []  # (item, node) in arrival order
+    other: list[str] = []  # errors, and whatever Ray prints (stderr is merged in)
+
+    def take(line: str) -> None:
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit():
+            results.append((int(fields[0]), fields[1]))
+        else:
+            other.append(line.rstrip())
+
     try:
         for line in driver.stdout:
-            lines.append(line.split())
-            if len({fields[1] for fields in lines if len(fields) == 2}) == 2 and len(lines) >= 20:
+            take(line)
+            if len({node for _, node in results}) == 2 and len(results) >= 20:
                 break
-        before = len(lines)
+        before = len(results)
         assert before < total, "the run ended before both nodes were seen"
         _stop_node(cluster.second_node)
-        lines.extend(line.split() for line in driver.stdout)
-        assert driver.wait(timeout=120) == 0, lines[-20:]
+        for line in driver.stdout:
+            take(line)
+        assert driver.wait(timeout=120) == 0, other[-20:]
     finally:
         if driver.poll() is None:
             driver.kill()
-    output = [" ".join(fields) for fields in lines]
-    assert output[-1] == "done"
-    results = [fields for fields in lines[:-1] if len(fields) == 2 and fields[0].isdigit()]
-    assert len(results) == len(lines) - 1, [o for o in output if not o[0].isdigit()][:5]
-    counts = Counter(int(x) for x, _ in results)
-    assert counts == Counter(range(total))  # every item once: none lost, none twice
+    assert "done" in other
+    assert not [line for line in other if line.startswith("error")], other
+    assert Counter(x for x, _ in results) == Counter(range(total))  # none lost, none twice
     assert len({node for _, node in results[:before]}) == 2
-    assert len(results) - before > 0  # work went on after the node stopped
-    assert cluster.token not in "\n".join(output)
+    assert cluster.token not in "\n".join(other)
 
 
 NEEDS_TOKEN = """
