@@ -278,3 +278,8 @@ def soak_work(marks: str, total: int, x: int) -> int:
     if kind == "timeout":
         time.sleep(60)
     return x * x
+
+
+def log_call_power(path: str, x: int, n: int) -> int:
+    log_call(path, x)
+    return int(x**n)

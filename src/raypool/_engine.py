@@ -34,6 +34,7 @@ import dataclasses
 import itertools
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -48,17 +49,19 @@ from ._backend import Backend, InlineBackend, RayBackend
 from ._batching import BatchSizer
 from ._config import MapOptions, Unpack, exception_types
 from ._errors import attach_remote_traceback
-from ._keys import fingerprint, item_key
+from ._keys import fingerprint, item_key, key_salt
 from ._outcome import BatchResult, ItemError
 from ._runtime import ensure_ray
 from ._serialization import dumps_callable
 from ._store import (
+    RAY_MAP_SUFFIX,
     Checkpoint,
     CheckpointStore,
     Recorded,
     SqliteStore,
     check_checkpoint,
     checkpoint_file,
+    import_ray_map,
 )
 from ._worker import Setup
 
@@ -192,7 +195,7 @@ class _MapRun:
             options.ret_args or on_error or options.retry_exceptions or backend.rerunnable
         )
         # Checkpoint keys separate calling conventions: fn(item) is not fn(*item).
-        self._salt = f"{options.unpack}:{options.batched}:".encode()
+        self._salt = key_salt(options.unpack, options.batched)
         self._ahead: deque[tuple[Any, bytes | None, Recorded | None]] = deque()
         self._lookahead = 1
         self._unkeyed = False
@@ -659,6 +662,15 @@ def make_setup(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> Se
     return uuid.uuid4().hex, digest, [ray.put(blob)], initargs
 
 
+def _outside_raypool() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller point at the user's
+    code: the first frame outside raypool."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("raypool"):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def _length(iterable: Iterable[Any]) -> int | None:
     try:
         return len(iterable)  # type: ignore[arg-type]
@@ -694,7 +706,8 @@ class RayMap(Generic[R]):
             memory; ``-1`` (default): ``4 * CPUs + 2`` of the cluster.
         checkpoint_path: a file recording each finished item (an SQLite database); a rerun
             yields recorded items without computing them again. Timeouts and lost workers
-            are not recorded. See the README's "Checkpoints".
+            are not recorded. A ray-map checkpoint found there is converted, with a
+            warning, and its file kept as ``PATH.ray-map``. See the README's "Checkpoints".
         checkpoint_every: finished items that make the checkpoint commit: at most about
             this many (or ``checkpoint_interval`` seconds' worth) are lost if the process
             is killed.
@@ -907,6 +920,14 @@ class RayMap(Generic[R]):
         else:
             path = os.fspath(checkpoint)
         options = self._options
+        salt = key_salt(options.unpack, options.batched)
+        imported = import_ray_map(path, lambda item: item_key(item, salt), function=identity)
+        if imported is not None:
+            warnings.warn(
+                f"converted ray-map's checkpoint {path} ({imported} results) into a raypool "
+                f"checkpoint; ray-map's file is kept as {path}{RAY_MAP_SUFFIX}",
+                stacklevel=_outside_raypool(),
+            )
         return SqliteStore(
             path,
             every=options.checkpoint_every,

@@ -32,7 +32,7 @@ from typing import Any
 
 from ._serialization import dumps_value
 
-__all__ = ["KEY_BYTES", "MAX_DEPTH", "fingerprint", "item_key"]
+__all__ = ["KEY_BYTES", "MAX_DEPTH", "fingerprint", "item_key", "key_salt"]
 
 #: Bytes of an item key. 128 bits: a collision among a billion items has odds of ~1e-20.
 KEY_BYTES = 16
@@ -42,6 +42,11 @@ KEY_BYTES = 16
 MAX_DEPTH = 64
 
 _Hash = Any  # hashlib's BLAKE2b object (its class is private)
+
+
+def key_salt(unpack: str, batched: bool) -> bytes:
+    """The salt of ``item_key`` for a call mode: how an item is passed to the function."""
+    return f"{unpack}:{batched}:".encode()
 
 
 def item_key(item: Any, salt: bytes = b"") -> bytes | None:

@@ -39,13 +39,14 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import pickle
 import re
 import sqlite3
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ._errors import CheckpointError
@@ -53,6 +54,7 @@ from ._serialization import dumps_value, loads_value
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "RAY_MAP_SUFFIX",
     "Checkpoint",
     "CheckpointStore",
     "Recorded",
@@ -64,6 +66,7 @@ __all__ = [
     "checkpoint_file",
     "check_name",
     "failures",
+    "import_ray_map",
     "list_checkpoints",
     "remove_checkpoint",
     "summarize",
@@ -502,12 +505,86 @@ def _check_file(path: str) -> bool:
         return False
     if head != _SQLITE_MAGIC:
         pickled = head[:1] == b"\x80"
-        hint = " (it looks like a pickle, such as ray-map's checkpoint)" if pickled else ""
+        hint = " (it looks like a pickle)" if pickled else ""
         raise CheckpointError(
             f"{path} is not a raypool checkpoint{hint}: raypool keeps checkpoints in SQLite. "
             "It was left untouched; move it away or pass another checkpoint"
         )
     return True
+
+
+#: Where ``import_ray_map`` keeps the ray-map checkpoint it converted: the path plus this.
+RAY_MAP_SUFFIX = ".ray-map"
+
+
+def import_ray_map(
+    path: str | os.PathLike[str], key: Callable[[Any], bytes | None], *, function: str = ""
+) -> int | None:
+    """Convert the ray-map checkpoint at ``path`` into a raypool checkpoint, in place.
+
+    ray-map 1.0's ``checkpoint_path`` is a pickled list of ``(key, arg, result_or_exc)``
+    rows. Each becomes a row of a new checkpoint at ``path`` under ``key(arg)`` (an
+    exception as a recorded failure); the pickle is kept beside it as ``path + ".ray-map"``.
+
+    Returns:
+        The number of rows imported, or ``None`` if ``path`` is not a ray-map checkpoint
+        (then nothing is touched).
+
+    Raises:
+        CheckpointError: the converted file cannot be written, or ``path + ".ray-map"``
+            exists already. ``path`` is then as it was.
+    """
+    path = os.path.abspath(os.fspath(path))
+    rows = _ray_map_rows(path)
+    if rows is None:
+        return None
+    backup = path + RAY_MAP_SUFFIX
+    if os.path.exists(backup):
+        raise CheckpointError(
+            f"{path} is a ray-map checkpoint, and {backup} (where raypool would keep it while "
+            "converting it) exists already; move one of them away"
+        )
+    os.replace(path, backup)
+    try:
+        store = SqliteStore(path, function=function)
+        try:
+            store.record(
+                [
+                    (k, True, (res, "")) if isinstance(res, BaseException) else (k, False, res)
+                    for arg, res in rows
+                    if (k := key(arg)) is not None
+                ]
+            )
+        finally:
+            store.close()
+    except BaseException:
+        for leftover in (path, path + "-wal", path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        os.replace(backup, path)
+        raise
+    return len(rows)
+
+
+def _ray_map_rows(path: str) -> list[tuple[Any, Any]] | None:
+    """The ``(arg, result_or_exc)`` rows of a ray-map checkpoint at ``path``, else ``None``.
+    Loading runs pickle code, as ray-map itself does: the file must be the user's own."""
+    if not os.path.isfile(path):
+        return None
+    _check_ownership(path, "checkpoint file")
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x80":  # pickle protocol 2+
+            return None
+        f.seek(0)
+        try:
+            saved = pickle.load(f)
+        except Exception:
+            return None
+    if not isinstance(saved, list) or not all(
+        isinstance(row, tuple) and len(row) == 3 and isinstance(row[0], str) for row in saved
+    ):
+        return None
+    return [(arg, res) for _, arg, res in saved]
 
 
 def _open(path: str, function: str) -> tuple[sqlite3.Connection, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ from helpers import (
     exception_throwing_generator,
     fail_on,
     log_call,
+    log_call_power,
     log_call_square,
     settled_line_count,
 )
@@ -267,3 +269,27 @@ def test_an_input_that_raises_keeps_what_finished(tmp_path: Path) -> None:
     again = RayMap(lambda x: x * 10, checkpoint_path=str(ckpt)).imap(range(25))
     assert list(again) == got
     assert again.statistics().items_replayed == 25
+
+
+def test_a_ray_map_checkpoint_is_converted_and_resumed(tmp_path: Path) -> None:
+    """Switching the import from ray-map keeps what its checkpoint holds: tuples as
+    ``fn(*item)`` (its ``unpack`` convention), exceptions included."""
+    ckpt, log = tmp_path / "res.pkl", tmp_path / "calls.txt"
+    rows = [((1, 2), 30), ((2, 2), ValueError("recorded")), ((3, 2), 50)]
+    with open(ckpt, "wb") as f:  # ray-map 1.0's format: a pickled list of (key, arg, res)
+        pickle.dump([(repr(arg), arg, res) for arg, res in rows], f)
+    items = [(x, 2) for x in range(1, 7)]
+    rmap = RayMap(functools.partial(log_call_power, str(log)), checkpoint_path=str(ckpt))
+    converted = r"converted ray-map's checkpoint .*res\.pkl \(3 results\)"
+    with pytest.warns(UserWarning, match=converted):
+        it = rmap.imap(items, safe_exceptions=True)
+    first = list(it)
+    assert first[:3:2] == [30, 50]  # recorded, not recomputed (1**2 is 1)
+    assert isinstance(first[1], ValueError)
+    assert str(first[1]) == "recorded"
+    assert first[3:] == [16, 25, 36]
+    assert sorted(Path(log).read_text().split()) == ["4", "5", "6"]
+    assert (tmp_path / "res.pkl.ray-map").exists()
+    again = rmap.imap(items, safe_exceptions=True)
+    assert [str(r) for r in again] == [str(r) for r in first]
+    assert again.statistics().items_replayed == 6

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from raypool._store import (
     checkpoint_dir,
     checkpoint_file,
     failures,
+    import_ray_map,
     list_checkpoints,
     remove_checkpoint,
     summarize,
@@ -276,3 +278,53 @@ def test_list_and_remove(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(CheckpointError):
         remove_checkpoint(notes)
     assert notes.read_text() == "keep me"
+
+
+def ray_map_checkpoint(path: Path, rows: list[tuple[Any, Any]]) -> None:
+    """A checkpoint as ray-map 1.0 writes it: a pickled list of ``(key, arg, result)``."""
+    with open(path, "wb") as f:
+        pickle.dump([(f"k{arg!r}", arg, res) for arg, res in rows], f, protocol=5)
+
+
+def test_a_ray_map_checkpoint_is_converted_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "res.pkl"
+    error = ValueError("three")
+    ray_map_checkpoint(path, [(1, 10), (2, 20), (3, error)])
+    original = path.read_bytes()
+    assert import_ray_map(path, item_key, function="mod.f") == 3
+    assert (tmp_path / "res.pkl.ray-map").read_bytes() == original
+    store = SqliteStore(path)
+    try:
+        found = store.lookup([key(1), key(2), key(3), key(4)])
+    finally:
+        store.close()
+    assert found[key(1)] == (False, 10)
+    assert found[key(2)] == (False, 20)
+    failed, (exc, _) = found[key(3)]
+    assert failed
+    assert isinstance(exc, ValueError)
+    assert str(exc) == "three"
+    assert key(4) not in found
+    assert import_ray_map(path, item_key) is None  # now a raypool checkpoint: left alone
+
+
+@pytest.mark.parametrize(
+    "content",
+    [pickle.dumps({"not": "rows"}), pickle.dumps([("k", 1)]), b"\x80 truncated", b"text"],
+)
+def test_other_files_are_not_taken_for_ray_map_checkpoints(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "res.pkl"
+    path.write_bytes(content)
+    assert import_ray_map(path, item_key) is None
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.pkl"]
+
+
+def test_a_conversion_never_overwrites_a_kept_ray_map_file(tmp_path: Path) -> None:
+    path = tmp_path / "res.pkl"
+    ray_map_checkpoint(path, [(1, 10)])
+    (tmp_path / "res.pkl.ray-map").write_bytes(b"an older one")
+    with pytest.raises(CheckpointError, match=r"res\.pkl\.ray-map .*exists already"):
+        import_ray_map(path, item_key)
+    assert (tmp_path / "res.pkl.ray-map").read_bytes() == b"an older one"
+    assert pickle.loads(path.read_bytes()) == [("k1", 1, 10)]
