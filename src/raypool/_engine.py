@@ -320,10 +320,13 @@ class _MapRun:
         batch.keys = keys
         self._seq += 1
         self._taken += len(chunk)
-        handle = self.backend.submit(chunk)
-        self.in_flight[handle] = batch
+        self._submit(batch, chunk)
         self._submitted += len(chunk)
         self._batches_submitted += 1
+
+    def _submit(self, batch: _Batch, items: list[Any]) -> None:
+        handle = self.backend.submit(items)
+        self.in_flight[handle] = batch
         if self.on_submit is not None:
             self.on_submit(handle)
 
@@ -417,10 +420,7 @@ class _MapRun:
 
     def _submit_part(self, batch: _Batch) -> None:
         assert batch.items is not None
-        handle = self.backend.submit(batch.items)
-        self.in_flight[handle] = batch
-        if self.on_submit is not None:
-            self.on_submit(handle)
+        self._submit(batch, batch.items)
 
     @staticmethod
     def _fill_part(parent: _Batch, start: int, result: BatchResult) -> None:
