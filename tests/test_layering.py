@@ -15,42 +15,39 @@ ALLOWED = {
     "_errors": set(),
     "_config": set(),
     "_outcome": set(),
+    "_lifecycle": set(),
     "_serialization": {"_errors"},
     "_batching": set(),
     "_keys": {"_serialization"},
-    "_store": {"_errors", "_serialization"},
-    "_runtime": {"_errors"},
-    "_cancel": {"_runtime"},
+    "_store": {"_config", "_errors", "_keys", "_lifecycle", "_serialization"},
+    "_runtime": {"_errors", "_lifecycle"},
+    "_cancel": {"_lifecycle"},
     "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
     "_backend": {"_cancel", "_config", "_errors", "_outcome", "_runtime", "_worker"},
+    "_scheduler": {"_batching", "_config", "_errors", "_keys", "_outcome", "_store"},
     "_engine": {
         "_backend",
-        "_batching",
         "_config",
-        "_errors",
+        "_lifecycle",
         "_keys",
-        "_outcome",
         "_runtime",
+        "_scheduler",
         "_serialization",
         "_store",
         "_worker",
     },
-    "_dispatch": {"_engine", "_outcome", "_runtime"},
-    "_pool": {
-        "_config",
-        "_dispatch",
-        "_engine",
-        "_errors",
-        "_outcome",
-        "_runtime",
-        "_store",
-        "_worker",
-    },
-    "_cli": {"_errors", "_store"},
+    "_dispatch": {"_lifecycle", "_outcome", "_scheduler"},
+    "_results": {"_dispatch", "_errors", "_outcome"},
+    "_pool": {"_config", "_dispatch", "_engine", "_errors", "_results", "_runtime"},
+    "_cli": {"_config", "_errors", "_store"},
     "__main__": {"_cli"},
 }
 RAY_FREE = {
     "_version",
+    "_lifecycle",
+    "_scheduler",
+    "_dispatch",
+    "_results",
     "_errors",
     "_config",
     "_outcome",
@@ -68,8 +65,10 @@ def _imports(module: str) -> tuple[set[str], set[str]]:
     internal, external = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                internal.add((node.module or "").split(".")[0])
+            if node.level and node.module:
+                internal.add(node.module.split(".")[0])
+            elif node.level:  # from . import _module
+                internal.update(alias.name for alias in node.names)
             elif node.module:
                 external.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):

@@ -16,6 +16,7 @@ from ._errors import BatchLengthError as BatchLengthError
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import CheckpointError as CheckpointError
 from ._errors import ClusterUnreachableError as ClusterUnreachableError
+from ._errors import ForkedProcessError as ForkedProcessError
 from ._errors import PoolClosedError as PoolClosedError
 from ._errors import RayPoolError as RayPoolError
 from ._errors import RemoteError as RemoteError
@@ -39,6 +40,7 @@ __all__ = [
     "BrokenPoolError",
     "CheckpointError",
     "ClusterUnreachableError",
+    "ForkedProcessError",
     "IMapIterator",
     "MapIterator",
     "MapOptions",

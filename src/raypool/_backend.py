@@ -1,8 +1,9 @@
 """Where batches run: Ray tasks (``RayBackend``) or the calling thread (``InlineBackend``).
 
-The engine's one scheduler drives either through the same five calls - ``submit``,
-``wait`` (or ``wait_async``), ``result``, ``cancel``, ``close`` - so sequential mode has
-the ordering, error and checkpoint behaviour of the real thing.
+Both implement ``_scheduler.Backend``: the one scheduler drives either through the same
+calls - ``submit``, ``wait`` (or ``wait_async``), ``result``, ``cancel``, ``close`` - so
+sequential mode has the ordering, error and checkpoint behaviour of the real thing. Ray's
+errors for a whole task are translated here, by ``_runtime.classify``, and nowhere else.
 
 Cancelling a call never uses ``ray.cancel``, which can crash the driver (see ``_cancel``):
 ``cancel`` raises the call's flag, and the workers stop its tasks themselves.
@@ -14,7 +15,7 @@ import asyncio
 import concurrent.futures
 import reprlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import ray
 from ray import cloudpickle
@@ -23,50 +24,16 @@ from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._errors import SerializationError
 from ._outcome import BatchResult, failed_batch
-from ._runtime import cluster_cpus, is_lost_task, is_too_large, translate_ray_error
+from ._runtime import classify, cluster_cpus
 from ._worker import Setup, TaskSpec, execute_batch, execute_batch_max_calls, run_batch
 
-__all__ = ["Backend", "InlineBackend", "RayBackend"]
+__all__ = ["InlineBackend", "RayBackend"]
 
 
 #: A serialized callable up to this size is sent with every task instead of through the
 #: object store: it saves a put and, on each worker's first task, a fetch. Larger pays for
 #: itself only once per worker, so it goes through the store.
 INLINE_CALLABLE_BYTES = 16 * 1024
-
-
-class Backend(Protocol):
-    """What the scheduler needs from an executor of batches."""
-
-    cpus: int
-    #: Whether the items of a task whose worker died can be run again (a Ray task can; a
-    #: batch run in the calling process took that process with it).
-    rerunnable: bool
-
-    def submit(self, items: list[Any]) -> Any:
-        """Start a batch; returns its handle."""
-
-    def wait(self, handles: Sequence[Any]) -> Any:
-        """Block until one of ``handles`` (oldest first) is done; return it."""
-
-    async def wait_async(self, handles: Sequence[Any]) -> Any:
-        """``wait`` without blocking the event loop."""
-
-    def result(self, handle: Any, size: int) -> BatchResult:
-        """The outcome of a finished batch of ``size`` items. A failure of the whole task
-        becomes a failure of each of its items; this never raises."""
-
-    def finished(self, handles: Sequence[Any]) -> list[Any]:
-        """Those of ``handles`` that are done, without waiting."""
-
-    def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(handle)`` once ``handle`` is done, from any thread."""
-
-    def cancel(self, handles: Sequence[Any]) -> None:
-        """Stop the batches of ``handles``; their results are no longer wanted."""
-
-    def close(self) -> None:
-        """Release what this backend holds (idempotent)."""
 
 
 def _unserializable(items: list[Any], exc: TypeError) -> BaseException:
@@ -154,11 +121,13 @@ class RayBackend:
         try:
             value = future.result() if future is not None else ray.get(handle)
         except Exception as exc:
+            failure = classify(exc)
             return failed_batch(
                 size,
-                *translate_ray_error(exc),
-                lost=is_lost_task(exc),
-                too_large=is_too_large(exc),
+                failure.error,
+                failure.traceback,
+                lost=failure.lost,
+                too_large=failure.too_large,
             )
         result: BatchResult = value
         return result

@@ -8,7 +8,8 @@ So raypool never calls it. Cancellation is cooperative instead:
 
 * **Driver.** Each call has a key (``new_key``). Ending the call early ``raise_flag``s it in
   Ray's internal key-value store (one GCS write); ``forget_when_done`` deletes the key once
-  the call's tasks have all ended (checked when calls start or are cancelled, and at exit).
+  the call's tasks have all ended (checked when calls start or are cancelled), and at exit
+  in ``_lifecycle``'s last phase - after the exit's own cancellations.
 * **Worker.** While it runs a batch, ``CancelWatcher`` polls that batch's key from a daemon
   thread, once the call's tasks have run there for ``FIRST_POLL_SECONDS`` and then every
   ``POLL_SECONDS``; once the flag is up it sets an event, which the worker's SIGALRM tick
@@ -31,7 +32,7 @@ from typing import Any
 import ray
 from ray.experimental import internal_kv
 
-from ._runtime import at_thread_exit
+from . import _lifecycle
 
 __all__ = [
     "POLL_SECONDS",
@@ -86,7 +87,7 @@ class _Forgotten:
     all ended, or after ``FORGET_AFTER``, or at exit.
 
     There is no thread of its own: the check runs in the thread that starts or cancels a
-    call (``new_key``, ``forget_when_done``), and once when the main thread ends. A
+    call (``new_key``, ``forget_when_done``), and once at exit (``forget_all``). A
     background thread calling into Ray while the user's ``ray.shutdown()`` runs makes Ray
     end the whole process with status 1, so raypool keeps none that does so when idle.
     """
@@ -94,15 +95,11 @@ class _Forgotten:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, tuple[list[Any], float]] = {}
-        self._hooked = False
         self._swept_at = 0.0
 
     def add(self, key: str, refs: Sequence[Any]) -> None:
         with self._lock:
             self._calls[key] = (list(refs), time.monotonic() + FORGET_AFTER)
-            if not self._hooked:
-                self._hooked = True
-                at_thread_exit(self.forget_all)
         self.sweep()
 
     def sweep(self, *, now: bool = True) -> None:
@@ -139,6 +136,20 @@ class _Forgotten:
 
 
 _forgotten = _Forgotten()
+
+
+def _forget_all() -> None:
+    _forgotten.forget_all()
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's keys are the parent's to delete."""
+    global _forgotten
+    _forgotten = _Forgotten()
+
+
+_lifecycle.at_exit(_lifecycle.Phase.FORGET_KEYS, _forget_all)
+_lifecycle.on_fork(_after_fork)
 
 
 def forget_when_done(key: str, refs: Sequence[Any]) -> None:

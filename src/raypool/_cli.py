@@ -17,12 +17,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ._config import check_checkpoint_name
 from ._errors import CheckpointError
 from ._store import (
     CACHE_DIR_ENV,
     SUFFIX,
     Summary,
-    check_name,
     checkpoint_dir,
     failures,
     list_checkpoints,
@@ -76,7 +76,7 @@ def _directory() -> str:
 def _path(name: str) -> str:
     if os.sep in name or (os.altsep and os.altsep in name) or os.path.isfile(name):
         return os.path.abspath(name)
-    path = os.path.join(checkpoint_dir(create=False), check_name(name) + SUFFIX)
+    path = os.path.join(checkpoint_dir(create=False), check_checkpoint_name(name) + SUFFIX)
     if not os.path.exists(path):
         raise CheckpointError(
             f"no checkpoint called {name!r} in {os.path.dirname(path)} "

@@ -1,16 +1,50 @@
-"""The options of one map call, validated in one place.
+"""The option records of raypool, each validated once, in its own ``__post_init__``.
 
-``MapOptions`` is frozen: the engine builds one from its constructor arguments and derives a
-per-call copy with ``dataclasses.replace`` (which validates again). Nothing here imports Ray.
+Public constructors (``RayMap``, ``RayPool``) only translate their keyword names into these
+frozen records; per-call options are derived with ``dataclasses.replace``, which validates
+again. Nothing here imports Ray or any other raypool module.
+
+==================  ================================================  =====================
+record              what                                              built by
+==================  ================================================  =====================
+``MapOptions``      batching, window, ordering, output shape,         ``RayMap``, ``RayPool``
+                    checkpoint commits and retries of one map call    (per call: ``replace``)
+``StreamLimits``    ways a streaming call stops reading: ``limit``,   ``RayMap.imap_stream``
+                    ``time_budget``, ``stop``, ``ordered_window``
+``WorkerOptions``   where and how tasks run: cluster address, Ray     ``RayMap``, ``RayPool``
+                    options, runtime env, worker recycling
+``CallDefaults``    the pool's keyword extensions (``timeout``,       ``RayPool``, ``options()``
+                    ``chunksize``, ``progress``...), merged per call
+==================  ================================================  =====================
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
-__all__ = ["UNPACK_MODES", "MapOptions", "Unpack", "exception_types"]
+__all__ = [
+    "UNPACK_MODES",
+    "CallDefaults",
+    "Checkpoint",
+    "MapOptions",
+    "StopCondition",
+    "StreamLimits",
+    "Unpack",
+    "WorkerOptions",
+    "check_batch_size",
+    "check_checkpoint",
+    "check_checkpoint_name",
+    "check_timeout",
+    "retry_types",
+]
 
 #: How an item becomes the arguments of the mapped function:
 #: ``"auto"`` (the ray-map convention): a tuple is ``fn(*item)``, a dict ``fn(**item)``,
@@ -20,25 +54,79 @@ __all__ = ["UNPACK_MODES", "MapOptions", "Unpack", "exception_types"]
 Unpack = Literal["auto", "none", "args", "kwargs", "call"]
 UNPACK_MODES: tuple[str, ...] = ("auto", "none", "args", "kwargs", "call")
 
+#: What ``checkpoint=`` takes: ``True`` (a file named after the function), a name (a file
+#: in the checkpoint directory), a path, or ``None``/``False`` (no checkpoint).
+Checkpoint = bool | str | os.PathLike[str] | None
+
+#: What ``stop=`` takes: a predicate or an event; once true, a stream stops.
+StopCondition = Callable[[], bool] | threading.Event
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def exception_types(retry: object) -> tuple[type[BaseException], ...]:
-    """``retry_exceptions`` as ``MapOptions`` keeps it: ``True`` is any ``Exception``."""
+def _is_seconds(value: object) -> bool:
+    """A positive, finite number of seconds."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise ``ValueError`` unless ``timeout`` is ``None`` or positive seconds."""
+    if timeout is not None and not _is_seconds(timeout):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+
+
+def check_batch_size(name: str, size: object) -> None:
+    """Raise ``ValueError`` unless ``size`` is ``None`` or an int >= 1."""
+    if size is not None and (not _is_int(size) or size < 1):  # type: ignore[operator]
+        raise ValueError(f"{name} must be an int >= 1 or None, got {size!r}")
+
+
+def check_checkpoint_name(name: str) -> str:
+    """``name`` if it is a valid checkpoint name, else a ``ValueError`` saying why."""
+    if not _CHECKPOINT_NAME.fullmatch(name) or name.startswith("."):
+        raise ValueError(
+            "a checkpoint name may hold letters, digits, '.', '_' and '-' only (and may not "
+            f"start with '.'), got {name!r}; pass a pathlib.Path for a file of your choice"
+        )
+    return name
+
+
+def check_checkpoint(checkpoint: object) -> None:
+    """Raise ``TypeError``/``ValueError`` if ``checkpoint`` is not a ``Checkpoint``."""
+    if checkpoint is not None and not isinstance(checkpoint, (bool, str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be True, a name, a path or None, got {type(checkpoint).__name__}"
+        )
+    if isinstance(checkpoint, str):
+        check_checkpoint_name(checkpoint)
+
+
+def retry_types(retry: object) -> tuple[type[BaseException], ...]:
+    """``retry_exceptions`` as the constructors take it - ``True``, ``False``, a class or
+    classes - as ``MapOptions`` keeps it: a tuple of classes (``True``: any ``Exception``).
+
+    Raises:
+        TypeError: anything else.
+    """
     if retry is True:
         return (Exception,)
     if retry is False or retry is None:
         return ()
-    if isinstance(retry, type):
-        return (retry,)
-    try:
-        return tuple(retry)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"retry_exceptions must be True, False or exception classes, got {retry!r}"
-        ) from None
+    given = (retry,) if isinstance(retry, type) else retry
+    types: tuple[Any, ...] = tuple(given) if isinstance(given, Iterable) else (given,)
+    if not all(isinstance(cls, type) and issubclass(cls, BaseException) for cls in types):
+        raise TypeError(f"retry_exceptions must be True, False or exception classes, got {retry!r}")
+    return types
 
 
 @dataclass(frozen=True)
@@ -88,47 +176,145 @@ class MapOptions:
     retry_exceptions: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
-            raise ValueError(
-                f"batch_size must be an int >= 1 or None (automatic), got {self.batch_size!r}"
-            )
+        check_batch_size("batch_size", self.batch_size)
         if not _is_int(self.max_pending) or not (self.max_pending == -1 or self.max_pending >= 1):
             raise ValueError(
                 f"max_pending must be an int >= 1, or -1 to size it from the cluster's CPUs, "
                 f"got {self.max_pending!r}"
             )
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, (int, float))
-            or not math.isfinite(self.timeout)
-            or self.timeout <= 0
-        ):
-            raise ValueError(
-                f"timeout must be a positive number of seconds or None, got {self.timeout!r}"
-            )
-        if (
-            isinstance(self.checkpoint_interval, bool)
-            or not isinstance(self.checkpoint_interval, (int, float))
-            or not math.isfinite(self.checkpoint_interval)
-            or self.checkpoint_interval <= 0
-        ):
+        check_timeout(self.timeout)
+        if not _is_seconds(self.checkpoint_interval):
             raise ValueError(
                 "checkpoint_interval must be a positive number of seconds, "
                 f"got {self.checkpoint_interval!r}"
             )
         if not _is_int(self.max_retries) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        if not isinstance(self.retry_exceptions, tuple) or not all(
-            isinstance(cls, type) and issubclass(cls, BaseException)
-            for cls in self.retry_exceptions
-        ):
+        if not isinstance(self.retry_exceptions, tuple):
             raise TypeError(
-                "retry_exceptions must be True, False or exception classes, "
-                f"got {self.retry_exceptions!r}"
+                "MapOptions.retry_exceptions must be a tuple of exception classes (see "
+                f"retry_types), got {self.retry_exceptions!r}"
             )
+        retry_types(self.retry_exceptions)
         if self.unpack not in UNPACK_MODES:
             raise ValueError(f"unpack must be one of {UNPACK_MODES}, got {self.unpack!r}")
         for name in ("tail_batches_per_core", "tail_min_batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Ways a streaming call stops early (``RayMap.imap_stream``); none by default.
+
+    Attributes:
+        limit: read at most this many items.
+        ordered_window: in ordered mode, at most this many finished items wait for a slower
+            one before no more input is read.
+        time_budget: seconds after the call opens; then no more input is read.
+        stop: a predicate or ``threading.Event``; once true, no more input is read and
+            nothing more is yielded.
+    """
+
+    limit: int | None = None
+    ordered_window: int | None = None
+    time_budget: float | None = None
+    stop: StopCondition | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 0):
+            raise ValueError(f"limit must be an int >= 0 or None, got {self.limit!r}")
+        check_batch_size("ordered_window", self.ordered_window)
+        budget = self.time_budget
+        if budget is not None and (
+            not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget < 0
+        ):
+            raise ValueError(f"time_budget must be seconds >= 0 or None, got {budget!r}")
+        stop = self.stop
+        if stop is not None and not isinstance(stop, threading.Event) and not callable(stop):
+            raise TypeError(
+                f"stop must be a callable or a threading.Event, got {type(stop).__name__}"
+            )
+
+    def stopped(self) -> Callable[[], bool] | None:
+        """``stop`` as a predicate, or ``None``."""
+        if isinstance(self.stop, threading.Event):
+            return self.stop.is_set
+        return self.stop
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Where and how a call's tasks run.
+
+    Attributes:
+        address: the Ray cluster to connect to, or ``None`` for a local one.
+        password: that cluster's legacy Redis password (never shown in ``repr``).
+        runtime_env: Ray runtime environment of the job (or of each task).
+        remote_options: passed to ``.options()`` of each task.
+        max_tasks_per_worker: a worker process exits after this many tasks, or ``None``.
+        sequential: run in the calling thread, without Ray.
+    """
+
+    address: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    runtime_env: Mapping[str, Any] | None = None
+    remote_options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY)
+    max_tasks_per_worker: int | None = None
+    sequential: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("runtime_env", "remote_options"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+            if value is not None:  # a private copy: the caller's dict may change
+                object.__setattr__(self, name, MappingProxyType(dict(value)))
+        if self.max_tasks_per_worker is not None and (
+            not _is_int(self.max_tasks_per_worker) or self.max_tasks_per_worker < 1
+        ):
+            raise ValueError(
+                "max_tasks_per_worker must be an int >= 1 or None, "
+                f"got {self.max_tasks_per_worker!r}"
+            )
+
+    def with_remote_options(self, overrides: Mapping[str, Any] | None) -> WorkerOptions:
+        """These options with ``overrides`` merged into ``remote_options``."""
+        if not overrides:
+            return self
+        return dataclasses.replace(self, remote_options={**self.remote_options, **overrides})
+
+
+@dataclass(frozen=True)
+class CallDefaults:
+    """The pool's keyword extensions: pool-wide defaults, overridden per call or by
+    ``options()``. ``None`` in an override means "keep the default"."""
+
+    timeout: float | None = None
+    safe_exceptions: bool = False
+    ret_args: bool = False
+    checkpoint: Checkpoint = None
+    chunksize: int | None = None
+    remote_options: Mapping[str, Any] | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_timeout(self.timeout)
+        check_batch_size("chunksize", self.chunksize)
+        if self.remote_options is not None and not isinstance(self.remote_options, Mapping):
+            raise TypeError(
+                f"remote_options must be a dict, got {type(self.remote_options).__name__}"
+            )
+        check_checkpoint(self.checkpoint)
+        for name in ("safe_exceptions", "ret_args", "progress"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def merged(self, **overrides: Any) -> CallDefaults:
+        """These defaults with every override that is not ``None`` (``remote_options``
+        are merged key by key)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        options = self.remote_options
+        if given.get("remote_options") is not None and options:
+            given["remote_options"] = {**options, **given["remote_options"]}
+        return dataclasses.replace(self, **given) if given else self

@@ -3,7 +3,7 @@
 An engine iterator (``RayMap.imap``) makes progress while its consumer pulls. A pool must also
 make progress on work nobody is waiting for yet (``apply_async``, ``submit``, ``map_async``),
 and cap how many tasks of all its calls run at once. ``Dispatcher`` does both with one
-daemon thread per pool, driving each call's ``_MapRun`` - the engine's one scheduler::
+daemon thread per pool, driving each call's ``MapRun`` - the engine's one scheduler::
 
     caller threads --start / cancel / wake--+
                                             v
@@ -13,9 +13,9 @@ daemon thread per pool, driving each call's ``_MapRun`` - the engine's one sched
                                                             start tasks while the cap allows,
                                                             close the calls that ended
 
-* A call's ``_MapRun`` is created in the caller's thread (so a bad argument or an
-  unserializable function raises there, before anything runs) and from then on touched only
-  by the dispatcher thread.
+* A call's ``MapRun`` is opened in the caller's thread (so a bad argument or an
+  unserializable function raises there, before anything runs), with its ``Call`` as the
+  run's ``Throttle``; once ``start``ed it is touched only by the dispatcher thread.
 * ``Sink`` is what receives a call's outputs: a future, a list, or a stream with
   back-pressure. Its methods run in the dispatcher thread and must not block.
 * Tasks in flight across all calls never exceed ``max_in_flight``; calls waiting for room
@@ -25,25 +25,31 @@ daemon thread per pool, driving each call's ``_MapRun`` - the engine's one sched
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any, Protocol
 
-from ._engine import _MapRun
+from . import _lifecycle
 from ._outcome import ItemError
-from ._runtime import at_thread_exit
+from ._scheduler import MapRun, Throttle
 
-__all__ = ["Call", "Dispatcher", "Sink"]
+__all__ = ["Call", "CallState", "Dispatcher", "Sink"]
 
 logger = logging.getLogger("raypool")
 
 
 class Sink(Protocol):
     """Receives the outputs of one call, in the dispatcher thread."""
+
+    #: The caller reads the outputs as a stream (``imap``): leaving the pool's ``with``
+    #: block cancels such calls (``cancel_streams``) rather than waiting for them.
+    stream: bool
 
     def begin(self) -> bool:
         """The call is about to start its first task. ``False``: it was cancelled."""
@@ -56,21 +62,47 @@ class Sink(Protocol):
     ) -> bool:
         """One finished batch, in the call's output order. ``False``: stop the call."""
 
+    def release(self) -> None:
+        """No more back-pressure: the pool is closing, and nothing may stall its join."""
+
     def end(self, error: BaseException | None) -> None:
         """The call is over: after its last ``put``, or because of ``error``."""
 
 
+class CallState(enum.Enum):
+    """Where a ``Call`` is in its life."""
+
+    #: Opened, handed to the dispatcher (or about to be); its sink has not begun.
+    NEW = "new"
+    #: Its sink has begun: its run's tasks may start.
+    RUNNING = "running"
+    #: Delivered, failed or cancelled: its run is closed and its sink has ended.
+    ENDED = "ended"
+
+
 class Call:
-    """One call the dispatcher runs: a ``_MapRun`` and where its outputs go."""
+    """One call the dispatcher runs: a ``MapRun`` and where its outputs go.
 
-    __slots__ = ("ended", "queued", "run", "sink", "started")
+    The call is its run's ``Throttle``: the run asks it whether one more task may start
+    (the dispatcher's cap) and tells it of each task started.
+    """
 
-    def __init__(self, run: _MapRun, sink: Sink) -> None:
-        self.run = run
+    __slots__ = ("dispatcher", "queued", "run", "sink", "state")
+
+    def __init__(
+        self, dispatcher: Dispatcher, sink: Sink, open_run: Callable[[Throttle], MapRun]
+    ) -> None:
+        self.dispatcher = dispatcher
         self.sink = sink
-        self.started = False
+        self.state = CallState.NEW
         self.queued = False  # in the dispatcher's queue of calls wanting to start tasks
-        self.ended = False
+        self.run = open_run(self)
+
+    def admit(self) -> bool:
+        return self.dispatcher.admit()
+
+    def submitted(self, handle: Any) -> None:
+        self.dispatcher.task_started(self, handle)
 
 
 # Events for the dispatcher thread.
@@ -79,6 +111,8 @@ _DONE = "done"
 _WAKE = "wake"
 _CANCEL = "cancel"
 _CANCEL_ALL = "cancel-all"
+_CANCEL_STREAMS = "cancel-streams"
+_RELEASE = "release"
 _STOP = "stop"
 
 
@@ -105,9 +139,13 @@ class Dispatcher:
 
     # -- any thread ---------------------------------------------------------------------------
 
-    def start(self, run: _MapRun, sink: Sink) -> Call:
-        """Hand ``run`` to the dispatcher; its outputs go to ``sink``."""
-        call = Call(run, sink)
+    def call(self, sink: Sink, open_run: Callable[[Throttle], MapRun]) -> Call:
+        """A call whose outputs go to ``sink``, its run opened now, in this thread, by
+        ``open_run(throttle)``; it runs once ``start``ed."""
+        return Call(self, sink, open_run)
+
+    def start(self, call: Call) -> None:
+        """Hand ``call`` to the dispatcher thread."""
         with self._lock:
             self._active += 1
             if self._thread is None:
@@ -115,7 +153,6 @@ class Dispatcher:
                 self._thread.start()
                 _running.add(self)
         self._events.put((_START, call))
-        return call
 
     def wake(self, call: Call) -> None:
         """``call``'s sink has room again."""
@@ -129,8 +166,14 @@ class Dispatcher:
         """End every call, as ``cancel`` does."""
         self._events.put((_CANCEL_ALL, error))
 
+    def cancel_streams(self, error: BaseException) -> None:
+        """End every call whose sink is a stream, as ``cancel`` does."""
+        self._events.put((_CANCEL_STREAMS, error))
+
     def close(self) -> None:
-        """No more calls will start: end the thread once the active ones have ended."""
+        """No more calls will start: sinks take everything from now on, and the thread
+        ends once the active calls have ended."""
+        self._events.put((_RELEASE,))
         with self._lock:
             self._closing = True
             if self._active == 0:
@@ -185,8 +228,17 @@ class Dispatcher:
         if kind is _CANCEL_ALL:
             self._end_all(event[1])
             return
+        if kind is _CANCEL_STREAMS:
+            for stream in [call for call in self._calls if call.sink.stream]:
+                self._end(stream, event[1])
+            return
+        if kind is _RELEASE:
+            for released in list(self._calls):
+                released.sink.release()
+                self._handle((_WAKE, released))
+            return
         call: Call = event[1]
-        if call.ended:
+        if call.state is CallState.ENDED:
             return
         try:
             if kind is _START:
@@ -194,7 +246,7 @@ class Dispatcher:
                 self._enqueue(call)
             elif kind is _DONE:
                 handle = event[2]
-                if handle not in call.run.in_flight:
+                if not call.run.owns(handle):
                     return  # cancelled meanwhile
                 self._in_flight -= 1
                 call.run.complete(handle)
@@ -209,7 +261,7 @@ class Dispatcher:
             self._end(call, exc)
 
     def _enqueue(self, call: Call) -> None:
-        if not call.ended and not call.queued and not call.run.input_done:
+        if call.state is not CallState.ENDED and not call.queued and not call.run.input_done:
             call.queued = True
             self._waiting.append(call)
 
@@ -217,40 +269,40 @@ class Dispatcher:
         waiting = self._waiting
         while waiting and (self._limit is None or self._in_flight < self._limit):
             call = waiting[0]
-            if call.ended:
+            if call.state is CallState.ENDED:
                 waiting.popleft()
                 continue
             try:
-                if not call.started:
-                    call.started = True
+                if call.state is CallState.NEW:
+                    call.state = CallState.RUNNING
                     if not call.sink.begin():
                         waiting.popleft()
                         call.queued = False
                         self._end(call, None)
                         continue
-                    run = call.run
-                    run.admit = self._admit
-                    run.on_submit = lambda handle, call=call: self._submitted(call, handle)
                 # Batches answered from the checkpoint finish without a task: deliver
                 # them, and read on while that frees room.
                 while True:
                     call.run.fill()
                     delivered = self._deliver(call)
-                    if not delivered or call.ended or call.run.input_done:
+                    if not delivered or call.state is CallState.ENDED or call.run.input_done:
                         break
             except BaseException as exc:
                 self._end(call, exc)
-            if self._limit is not None and self._in_flight >= self._limit and not call.ended:
+            capped = self._limit is not None and self._in_flight >= self._limit
+            if capped and call.state is not CallState.ENDED:
                 break  # the cap stopped it: it stays first in line
             waiting.popleft()
             call.queued = False
 
-    def _admit(self) -> bool:
+    def admit(self) -> bool:
+        """Whether one more task may start now (dispatcher thread)."""
         return self._limit is None or self._in_flight < self._limit
 
-    def _submitted(self, call: Call, handle: Any) -> None:
+    def task_started(self, call: Call, handle: Any) -> None:
+        """``call``'s run started the task ``handle`` (dispatcher thread)."""
         self._in_flight += 1
-        call.run.backend.notify(handle, lambda done: self._events.put((_DONE, call, done)))
+        call.run.when_done(handle, lambda done: self._events.put((_DONE, call, done)))
 
     def _deliver(self, call: Call) -> int:
         """Hand ``call``'s finished batches to its sink while it has room; end the call
@@ -276,11 +328,11 @@ class Dispatcher:
         *,
         ended_by_sink: bool = False,
     ) -> None:
-        if call.ended:
+        if call.state is CallState.ENDED:
             return
-        call.ended = True
+        call.state = CallState.ENDED
         self._calls.pop(call, None)
-        self._in_flight -= len(call.run.in_flight)
+        self._in_flight -= call.run.tasks_in_flight
         try:
             call.run.close()
         except BaseException as exc:  # e.g. the checkpoint could not be written
@@ -303,15 +355,28 @@ class Dispatcher:
             self._end(call, error)
 
 
-#: Dispatchers with a thread. When the main thread ends, their calls are cancelled and their
-#: threads stopped while Ray is still up (it shuts down in an ``atexit`` handler).
+#: Dispatchers with a thread. At exit their calls are cancelled and their threads stopped
+#: while Ray is still up (``_lifecycle``'s first two phases).
 _running: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+def _cancel_running() -> None:
+    for dispatcher in list(_running):
+        dispatcher.cancel_all(CancelledError("the interpreter is exiting"))
 
 
 def _stop_running() -> None:
     for dispatcher in list(_running):
-        dispatcher.cancel_all(CancelledError("the interpreter is exiting"))
         dispatcher.stop()
 
 
-at_thread_exit(_stop_running)
+def _after_fork() -> None:
+    """In a forked child: the parent's dispatchers have no thread here; stopping them
+    would wait forever."""
+    global _running
+    _running = weakref.WeakSet()
+
+
+_lifecycle.at_exit(_lifecycle.Phase.CANCEL_CALLS, _cancel_running)
+_lifecycle.at_exit(_lifecycle.Phase.STOP_THREADS, _stop_running)
+_lifecycle.on_fork(_after_fork)

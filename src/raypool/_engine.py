@@ -1,27 +1,19 @@
-"""RayMap: a streaming, batched, back-pressured map over Ray tasks.
+"""RayMap, and the one way a map call is opened: ``open_run``.
 
-Data flow of one ``imap`` call::
+Both front ends open their calls here: ``RayMap`` (the engine's own API) and ``RayPool``
+(the ``multiprocessing``/``concurrent.futures`` facade). A call is opened in the caller's
+thread, so that a bad argument, an unserializable function or an unreachable cluster
+raises there, before anything runs:
 
-    iterable --(lazy, in chunks)--> checkpoint lookup --> batches --> Backend.submit
-                                         |                               |  window: at most
-                                    replayed items                       |  ``max_pending``
-                                         |                               v  batches in flight
-    caller <-- emit (order / as ready) <-- reorder buffer <-- Backend.wait + result
-                                               (counts against the window too)
-
-1. ``RayMap.imap()`` validates everything, opens the input with ``iter()``, connects to
-   Ray and ships the callable once (dill, one ``ray.put``); nothing runs yet.
-2. Each step of the iterator first *fills* the window: it reads the next chunk of input
-   (sized by ``BatchSizer``) and submits it as one task - until ``max_pending`` batches are
-   in flight or waiting to be yielded. With a checkpoint that holds results, input is read
-   in blocks that are looked up first: a run of recorded items becomes a batch that is
-   finished at once (replayed), new items go to tasks as above.
-3. It then yields a finished batch if one is next (input order) or any is done (as ready);
-   otherwise it blocks in ``ray.wait`` - never polls - for one batch to finish, records it
-   (checkpoint rows to the store's writer thread, ``on_error``, the per-item duration for
-   batch sizing) and loops.
-4. Leaving early - ``break``, ``close()``, an exception, dropping the iterator, cancelling
-   the consuming asyncio task - cancels the call's tasks still in flight.
+1. ``RunSpec`` - built once per ``RayMap``, and once per pool or pool view - says how calls
+   run: their default ``MapOptions``, the ``WorkerOptions``, the initializer (shipped once
+   for all the calls that share it), ``on_error`` and the default checkpoint.
+2. ``open_run`` takes a function, an input and the call's ``MapOptions``: it opens the input
+   with ``iter()``, opens the checkpoint (``_store``), connects to Ray and ships the callable
+   once (dill, inline or one ``ray.put``), and returns the call's ``_scheduler.MapRun``.
+3. The run is driven by its consumer: ``MapIterator`` (a generator in the caller's thread),
+   ``_aiterate`` (asyncio: awaits Ray's futures, no thread), or the pool's dispatcher thread
+   (``_dispatch``), which passes itself as the run's ``Throttle``.
 
 The input is never materialized and a result is dropped once yielded: memory is bounded by
 the window. This module knows nothing of the ``multiprocessing`` vocabulary; the pool facade
@@ -30,552 +22,248 @@ translates into ``MapOptions``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 import os
-import re
-import sys
 import threading
-import time
 import uuid
-import warnings
-from collections import deque
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import ray
 
-from ._backend import Backend, InlineBackend, RayBackend
-from ._batching import BatchSizer
-from ._config import MapOptions, Unpack, exception_types
-from ._errors import attach_remote_traceback
-from ._keys import fingerprint, item_key, key_salt
-from ._outcome import BatchResult, ItemError
-from ._runtime import ensure_ray
-from ._serialization import dumps_callable
-from ._store import (
-    RAY_MAP_SUFFIX,
+from . import _lifecycle
+from ._backend import InlineBackend, RayBackend
+from ._config import (
     Checkpoint,
-    CheckpointStore,
-    Recorded,
-    SqliteStore,
+    MapOptions,
+    StopCondition,
+    StreamLimits,
+    Unpack,
+    WorkerOptions,
     check_checkpoint,
-    checkpoint_file,
-    import_ray_map,
+    retry_types,
 )
+from ._keys import key_salt
+from ._runtime import ensure_ray, job_runtime_env
+from ._scheduler import Backend, MapRun, MapStatistics, OnError, Throttle
+from ._serialization import dumps_callable
+from ._store import checkpoint_path, open_checkpoint
 from ._worker import Setup
 
-__all__ = ["MapIterator", "MapStatistics", "RayMap", "RayMapIterator", "make_setup"]
+__all__ = [
+    "Initializer",
+    "MapIterator",
+    "MapStatistics",
+    "RayMap",
+    "RayMapIterator",
+    "RunSpec",
+    "connect",
+    "open_run",
+]
 
 R = TypeVar("R")
 
-#: ``max_pending=-1`` keeps this many batches per cluster CPU in flight (plus
-#: ``WINDOW_EXTRA``): enough that every worker has its next task queued while the driver
-#: handles a result. More costs driver memory (the window is what the driver holds).
-WINDOW_PER_CPU = 4
-WINDOW_EXTRA = 2
 
-OnError = Callable[[Any, BaseException], Any]
-StopCondition = Callable[[], bool] | threading.Event
+class Initializer:
+    """``initializer(*initargs)``, run once in each worker process before it runs its first
+    item of the calls that share this object (a ``RayMap``'s, or a pool's and its views').
+
+    Workers receive it as a ``Setup`` under one key, made and put in the object store once.
+
+    Raises:
+        TypeError: ``initializer`` is not callable.
+    """
+
+    def __init__(self, initializer: Callable[..., Any], initargs: Iterable[Any] = ()) -> None:
+        if not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+        self._fn = initializer
+        self._args = tuple(initargs)
+        self._lock = threading.Lock()
+        self._setup: Setup | None = None
+        self._ran_here = False
+
+    def for_workers(self) -> Setup:
+        """The ``Setup`` workers receive (Ray must be connected)."""
+        with self._lock:
+            if self._setup is None:
+                blob, digest = dumps_callable(self._fn)
+                self._setup = uuid.uuid4().hex, digest, [ray.put(blob)], self._args
+            return self._setup
+
+    def run_here(self) -> None:
+        """Run it in this process, once (sequential mode)."""
+        with self._lock:
+            if not self._ran_here:
+                self._fn(*self._args)
+                self._ran_here = True
 
 
 @dataclasses.dataclass(frozen=True)
-class MapStatistics:
-    """A snapshot of one map call, from ``MapIterator.statistics()``.
+class RunSpec:
+    """How the calls of one ``RayMap`` (or one pool view) run, apart from their function
+    and their per-call options.
 
     Attributes:
-        items_read: items taken from the input so far.
-        items_submitted: items sent to workers (read minus replayed).
-        batches_submitted: tasks sent to workers.
-        items_done: items whose outcome is known (computed or replayed).
-        items_replayed: items answered from the checkpoint.
-        batches_in_flight: tasks running or queued now.
-        batches_buffered: finished batches not yet fully yielded.
-        window: the most batches in flight plus buffered.
-        seconds_per_item: the running estimate of an item's duration, or ``None``.
+        options: the calls' default ``MapOptions``.
+        worker: where and how tasks run.
+        initializer: shared by every call of this spec (and of specs copied from it).
+        on_error: ``on_error(item, exception)`` in the driver for each failed item.
+        checkpoint: the calls' default ``checkpoint=``.
+        checkpoint_path: ray-map's name for a default checkpoint file.
+
+    Raises:
+        TypeError: ``on_error`` is not callable, ``checkpoint`` is not a checkpoint, or
+            both ``checkpoint`` and ``checkpoint_path`` are given.
     """
 
-    items_read: int
-    items_submitted: int
-    batches_submitted: int
-    items_done: int
-    items_replayed: int
-    batches_in_flight: int
-    batches_buffered: int
-    window: int
-    seconds_per_item: float | None
+    options: MapOptions
+    worker: WorkerOptions = dataclasses.field(default_factory=WorkerOptions)
+    initializer: Initializer | None = None
+    on_error: OnError | None = None
+    checkpoint: Checkpoint = None
+    checkpoint_path: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_error is not None and not callable(self.on_error):
+            raise TypeError(f"on_error must be callable, got {type(self.on_error).__name__}")
+        check_checkpoint(self.checkpoint)
+        if self.checkpoint is not None and self.checkpoint_path is not None:
+            raise TypeError("pass checkpoint or checkpoint_path, not both")
 
 
-#: With a checkpoint, input is looked up in blocks. A block is as large as the next batch;
-#: while whole blocks turn out to be recorded (a resume), the next one is twice as large, up
-#: to this many items: replay costs one query per block, and new items are still read no
-#: further ahead than without a checkpoint.
-MAX_LOOKAHEAD = 1024
+def connect(spec: RunSpec) -> None:
+    """Connect this process to the Ray ``spec`` names, unless it is sequential."""
+    worker = spec.worker
+    if not worker.sequential:
+        runtime_env = dict(worker.runtime_env) if worker.runtime_env else None
+        ensure_ray(worker.address, password=worker.password, runtime_env=runtime_env)
 
 
-class _Batch:
-    """Items that go to one task - or, all recorded, come from the checkpoint instead.
+def open_run(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    spec: RunSpec,
+    options: MapOptions | None = None,
+    *,
+    checkpoint: Checkpoint = None,
+    limits: StreamLimits | None = None,
+    throttle: Throttle | None = None,
+    caller: str = "RayMap.imap",
+) -> MapRun:
+    """Open one map call of ``fn`` over ``iterable``; nothing runs until it is driven.
 
-    When the task's worker dies, its items run again as parts: child batches whose results
-    fill the parent's, which then finishes as one batch.
+    Args:
+        fn: the function.
+        iterable: the input; opened here with ``iter()``.
+        spec: how calls run.
+        options: this call's options (default: ``spec.options``).
+        checkpoint: this call's ``checkpoint=`` (``None``: the spec's).
+        limits: ways the input stops early.
+        throttle: a cap on tasks shared with other calls (the pool's dispatcher).
+        caller: the method named in the error for an input that is not iterable.
+
+    Raises:
+        TypeError: ``iterable`` is not iterable.
+        SerializationError: ``fn`` cannot be serialized.
+        CheckpointError: the checkpoint cannot be used.
+        ClusterUnreachableError, ForkedProcessError: Ray cannot be used from here.
     """
-
-    __slots__ = (
-        "attempts",
-        "items",
-        "keys",
-        "parent",
-        "parts",
-        "recorded",
-        "result",
-        "seq",
-        "size",
-        "start",
+    options = options or spec.options
+    try:
+        iterator = iter(iterable)
+    except TypeError:
+        raise TypeError(
+            f"{caller}() needs an iterable of items, got {type(iterable).__name__}"
+        ) from None
+    path = checkpoint_path(
+        checkpoint, default=spec.checkpoint, default_path=spec.checkpoint_path, fn=fn
+    )
+    store = None
+    if path is not None:
+        store = open_checkpoint(
+            path,
+            fn,
+            salt=key_salt(options.unpack, options.batched),
+            every=options.checkpoint_every,
+            interval=options.checkpoint_interval,
+            errors=options.checkpoint_errors,
+        )
+    try:
+        backend = _backend(fn, spec, options)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    return MapRun(
+        iterator,
+        _length(iterable),
+        options,
+        backend,
+        store=store,
+        on_error=spec.on_error,
+        limits=limits,
+        throttle=throttle,
     )
 
-    def __init__(self, seq: int, size: int, items: list[Any] | None) -> None:
-        self.seq = seq
-        self.size = size
-        self.items = items  # kept only when ret_args, on_error or a rerun need them
-        self.keys: list[bytes | None] | None = None  # checkpoint keys of the items
-        self.recorded: list[Recorded] | None = None  # a batch replayed from the checkpoint
-        self.result: BatchResult | None = None
-        self.parent: _Batch | None = None  # a part: the batch it belongs to, from ``start``
-        self.start = 0
-        self.parts = 0  # parts of this batch still running
-        self.attempts = 0  # times a one-item batch's worker died under it
 
-
-class _MapRun:
-    """The state of one map call. Driven by ``_iterate`` or ``_aiterate``."""
-
-    def __init__(
-        self,
-        iterator: Iterator[Any],
-        total: int | None,
-        options: MapOptions,
-        backend: Backend,
-        *,
-        store: CheckpointStore | None,
-        on_error: OnError | None,
-        halt_input: Callable[[], bool] | None = None,
-        halt_output: Callable[[], bool] | None = None,
-        max_buffered_items: int | None = None,
-    ) -> None:
-        self.options = options
-        self.total = total
-        # Set by a driver that shares workers between calls (the pool's dispatcher):
-        # ``admit()`` says whether one more task may start, ``on_submit(handle)`` is told
-        # of each task started.
-        self.admit: Callable[[], bool] | None = None
-        self.on_submit: Callable[[Any], None] | None = None
-        self.backend = backend
-        self._input = iterator
-        self._store = store
-        self._on_error = on_error
-        self._halt_input = halt_input
-        self.halt_output = halt_output
-        self._max_buffered_items = max_buffered_items
-        cpus = backend.cpus
-        if options.max_pending == -1:
-            self.window = WINDOW_PER_CPU * cpus + WINDOW_EXTRA
-        else:
-            self.window = options.max_pending
-        self._sizer = BatchSizer(
-            options.batch_size,
-            cpus=cpus,
-            total=total,
-            adaptive_tail=options.adaptive_tail_batching,
-            tail_batches_per_core=options.tail_batches_per_core,
-            tail_min_batch_size=options.tail_min_batch_size,
+def _backend(fn: Callable[..., Any], spec: RunSpec, options: MapOptions) -> Backend:
+    worker = spec.worker
+    if worker.sequential:
+        if spec.initializer is not None:
+            spec.initializer.run_here()
+        return InlineBackend(
+            fn, unpack=options.unpack, timeout=options.timeout, batched=options.batched
         )
-        # Items stay with their batch until it finishes: to pair them with results, to
-        # report them, or to run them again if their worker dies.
-        self._keep_items = bool(
-            options.ret_args or on_error or options.retry_exceptions or backend.rerunnable
-        )
-        # Checkpoint keys separate calling conventions: fn(item) is not fn(*item).
-        self._salt = key_salt(options.unpack, options.batched)
-        self._ahead: deque[tuple[Any, bytes | None, Recorded | None]] = deque()
-        self._lookahead = 1
-        self._unkeyed = False
-        self.in_flight: dict[Any, _Batch] = {}
-        self._ordered: dict[int, _Batch] = {}
-        self._ready: deque[_Batch] = deque()
-        self._next_seq = 0
-        self._buffered = 0
-        self._buffered_items = 0
-        self._seq = 0
-        self._read = 0
-        self._taken = 0  # items put into batches (read minus looked ahead)
-        self._submitted = 0
-        self._batches_submitted = 0
-        self._done = 0
-        self._replayed = 0
-        self._input_ended = False
-        self._exhausted = False  # the input ended and everything read is in a batch
-        self.input_error: BaseException | None = None
-        self._closed = False
-
-    # -- filling the window ----------------------------------------------------------------
-
-    def _room(self) -> bool:
-        # Finished results waiting to be yielded count in batches of the current size, so
-        # that the many one-item batches of the start do not stall the window behind a slow
-        # head item: what is held stays bounded by window x batch size items either way.
-        buffered = -(-self._buffered_items // self._sizer.base_size())
-        if len(self.in_flight) + buffered >= self.window:
-            return False
-        limit = self._max_buffered_items
-        if limit is not None and self._buffered_items >= limit:
-            return False
-        return self.admit is None or self.admit()
-
-    def fill(self) -> None:
-        """Read and submit input until the window is full or the input ends."""
-        while not self._exhausted and self._room():
-            if self._halt_input is not None and self._halt_input():
-                self._exhausted = True
-                self._ahead.clear()
-                break
-            size = self._sizer.next_size(self._taken)
-            if self._store is None or self._store.empty:
-                chunk = self._read_input(size)
-                if chunk:
-                    keys = None if self._store is None else self._keys(chunk)
-                    self._start(chunk, keys)
-                self._exhausted = self._input_ended
-            else:
-                self._fill_checkpointed(size)
-
-    def _read_input(self, size: int) -> list[Any]:
-        chunk: list[Any] = []
-        try:
-            # extend() keeps what it read before an exception: no item is lost.
-            chunk.extend(itertools.islice(self._input, size))
-        except Exception as exc:
-            self.input_error = exc
-            self._input_ended = True
-        if len(chunk) < size:
-            self._input_ended = True
-        self._read += len(chunk)
-        return chunk
-
-    def _fill_checkpointed(self, size: int) -> None:
-        """Start one batch: the recorded items at the head of the looked-up input, replayed
-        at once, or up to ``size`` new items, sent to a worker."""
-        ahead = self._ahead
-        while len(ahead) < size and not self._input_ended:
-            self._look_up(max(size, self._lookahead))
-        if ahead and ahead[0][2] is not None:
-            run = 1
-            while run < len(ahead) and ahead[run][2] is not None:
-                run += 1
-            entries = [ahead.popleft() for _ in range(run)]
-            self._replay(entries)
-        elif ahead:
-            entries = []
-            while ahead and len(entries) < size and ahead[0][2] is None:
-                entries.append(ahead.popleft())
-            self._start([entry[0] for entry in entries], [entry[1] for entry in entries])
-        self._exhausted = self._input_ended and not ahead
-
-    def _keys(self, chunk: list[Any]) -> list[bytes | None]:
-        salt = self._salt
-        keys = [item_key(item, salt) for item in chunk]
-        if not self._unkeyed and None in keys:
-            self._unkeyed = True
-            warnings.warn(
-                "an item cannot be keyed for the checkpoint (it cannot be pickled); such "
-                "items are computed on every run",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return keys
-
-    def _look_up(self, size: int) -> None:
-        assert self._store is not None
-        chunk = self._read_input(size)
-        keys = self._keys(chunk)
-        known = [key for key in keys if key is not None]
-        found = self._store.lookup(known) if known else {}
-        self._ahead.extend(
-            (item, key, None if key is None else found.get(key))
-            for item, key in zip(chunk, keys, strict=True)
-        )
-        whole = bool(chunk) and len(found) == len(chunk)
-        self._lookahead = min(2 * size, MAX_LOOKAHEAD) if whole else 1
-
-    def _replay(self, entries: list[tuple[Any, bytes | None, Recorded | None]]) -> None:
-        items = [entry[0] for entry in entries] if self._keep_items else None
-        batch = _Batch(self._seq, len(entries), items)
-        self._seq += 1
-        batch.recorded = [entry[2] for entry in entries]  # type: ignore[misc]
-        self._replayed += batch.size
-        self._taken += batch.size
-        self._finish(batch)
-
-    def _start(self, chunk: list[Any], keys: list[bytes | None] | None = None) -> None:
-        batch = _Batch(self._seq, len(chunk), chunk if self._keep_items else None)
-        batch.keys = keys
-        self._seq += 1
-        self._taken += len(chunk)
-        self._submit(batch, chunk)
-        self._submitted += len(chunk)
-        self._batches_submitted += 1
-
-    def _submit(self, batch: _Batch, items: list[Any]) -> None:
-        handle = self.backend.submit(items)
-        self.in_flight[handle] = batch
-        if self.on_submit is not None:
-            self.on_submit(handle)
-
-    # -- collecting results --------------------------------------------------------------
-
-    def complete(self, handle: Any) -> None:
-        """Take in the result of the finished task ``handle``."""
-        batch = self.in_flight.pop(handle)
-        result = self.backend.result(handle, batch.size)
-        if (result.lost or (result.too_large and batch.size > 1)) and self._rerun(batch):
-            return
-        if result.seconds > 0:
-            self._sizer.observe(batch.size, result.seconds)
-        if result.errors and self.options.retry_exceptions and not self._closed:
-            kept = self._retry_failed(batch, result)
-            if kept is None:
-                return  # the item runs again
-            result = kept
-        parent = batch.parent
-        if parent is None and batch.parts:
-            batch.result = result  # its failed items run again: it finishes with them
-            return
-        if parent is not None:
-            self._fill_part(parent, batch.start, result)
-            if parent.parts:
-                return
-            batch = parent
-        else:
-            batch.result = result
-        self._record(batch)
-        self._finish(batch)
-
-    def _rerun(self, batch: _Batch) -> bool:
-        """Run the items of a batch whose worker died (or whose result was too large)
-        again, if allowed: a batch of several items as two halves (which do not count as
-        retries), so that an item that kills its worker ends up alone; a single item up to
-        ``max_retries`` times."""
-        items = batch.items
-        if items is None or self._closed:
-            return False
-        if batch.size == 1:
-            return self._run_alone_again(batch)
-        parent = batch if batch.parent is None else batch.parent
-        offset = 0 if batch.parent is None else batch.start
-        if parent is batch:
-            batch.result = BatchResult([None] * batch.size, {}, 0.0, frozenset())
-        else:
-            parent.parts -= 1  # replaced by its halves
-        half = batch.size // 2
-        for start, stop in ((0, half), (half, batch.size)):
-            part = _Batch(batch.seq, stop - start, items[start:stop])
-            part.parent, part.start = parent, offset + start
-            parent.parts += 1
-            self._submit_part(part)
-        return True
-
-    def _retry_failed(self, batch: _Batch, result: BatchResult) -> BatchResult | None:
-        """Run the items that raised one of ``retry_exceptions`` again, each alone, up to
-        ``max_retries`` times; returns ``result`` without them, or ``None`` when ``batch``
-        itself (a single item) runs again."""
-        assert result.errors is not None
-        if batch.items is None:
-            return result
-        retry_types = self.options.retry_exceptions
-        lost = result.retry or frozenset()
-        again = [
-            index
-            for index, (exc, _) in result.errors.items()
-            if isinstance(exc, retry_types) and index not in lost
-        ]
-        if not again:
-            return result
-        if batch.size == 1:
-            return None if self._run_alone_again(batch) else result
-        parent = batch if batch.parent is None else batch.parent
-        for index in again:
-            part = _Batch(batch.seq, 1, [batch.items[index]])
-            part.parent, part.start, part.attempts = parent, batch.start + index, 1
-            parent.parts += 1
-            self._submit_part(part)
-        errors = {i: error for i, error in result.errors.items() if i not in again}
-        return result._replace(errors=errors)
-
-    def _run_alone_again(self, batch: _Batch) -> bool:
-        """Submit a one-item batch once more, unless it has had its ``max_retries``."""
-        if batch.attempts >= self.options.max_retries:
-            return False
-        batch.attempts += 1
-        self._submit_part(batch)
-        return True
-
-    def _submit_part(self, batch: _Batch) -> None:
-        assert batch.items is not None
-        self._submit(batch, batch.items)
-
-    @staticmethod
-    def _fill_part(parent: _Batch, start: int, result: BatchResult) -> None:
-        merged = parent.result
-        assert merged is not None
-        assert merged.errors is not None
-        merged.values[start : start + len(result.values)] = result.values
-        for index, error in (result.errors or {}).items():
-            merged.errors[start + index] = error
-        retry = {start + index for index in result.retry or ()}
-        parent.result = merged._replace(
-            seconds=merged.seconds + result.seconds,
-            retry=merged.retry | retry if merged.retry is not None else frozenset(retry),
-        )
-        parent.parts -= 1
-        if not parent.parts and not merged.errors:
-            parent.result = parent.result._replace(errors=None)
-
-    def _record(self, batch: _Batch) -> None:
-        result = batch.result
-        assert result is not None
-        errors = result.errors or {}
-        for error in errors.values():
-            attach_remote_traceback(*error)
-        if self._on_error is not None and errors:
-            items = batch.items
-            assert items is not None
-            for index, (exc, _) in errors.items():
-                self._on_error(items[index], exc)
-        if self._store is not None:
-            assert batch.keys is not None
-            retry = result.retry or frozenset()  # a resume retries timeouts and lost workers
-            values = result.values
-            rows = [
-                (key, True, errors[index]) if index in errors else (key, False, values[index])
-                for index, key in enumerate(batch.keys)
-                if key is not None and index not in retry
-            ]
-            self._store.record(rows)
-
-    def _finish(self, batch: _Batch) -> None:
-        self._done += batch.size
-        self._buffered += 1
-        self._buffered_items += batch.size
-        if self.options.keep_order:
-            self._ordered[batch.seq] = batch
-        else:
-            self._ready.append(batch)
-
-    def pop_ready(self) -> _Batch | None:
-        """The next batch to yield, or ``None`` if it has not finished yet."""
-        if self.options.keep_order:
-            batch = self._ordered.pop(self._next_seq, None)
-            if batch is not None:
-                self._next_seq += 1
-            return batch
-        return self._ready.popleft() if self._ready else None
-
-    @property
-    def input_done(self) -> bool:
-        """The input is read to its end (or stopped): no more tasks will start."""
-        return self._exhausted
-
-    @property
-    def drained(self) -> bool:
-        """Nothing more will come: input read, nothing in flight or buffered."""
-        return self._exhausted and not self.in_flight and not self._buffered
-
-    # -- yielding ------------------------------------------------------------------------
-
-    def take(
-        self, batch: _Batch
-    ) -> tuple[list[Any] | None, list[Any], dict[int, ItemError] | None]:
-        """``(items, values, errors)`` of ``batch`` (``items`` when kept), with the worker
-        tracebacks attached; the batch stops counting against the window."""
-        self._buffered -= 1
-        self._buffered_items -= batch.size
-        values, errors = self._merge(batch)
-        return batch.items, values, errors
-
-    def emit(self, batch: _Batch) -> Iterator[Any]:
-        """The outputs of ``batch`` in its order (raising errors unless safe).
-
-        The batch stops counting against the window once handed out here.
-        """
-        _, values, errors = self.take(batch)
-        if not errors and not self.options.ret_args and self.halt_output is None:
-            return iter(values)  # the hot path: no per-item work in Python
-        return self._emit_items(batch.items, values, errors)
-
-    def _emit_items(
-        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
-    ) -> Iterator[Any]:
-        options = self.options
-        for position, value in enumerate(values):
-            if self.halt_output is not None and self.halt_output():
-                return
-            if errors and position in errors:
-                exc = errors[position][0]
-                if not options.safe_exceptions:
-                    raise exc
-                value = exc
-            yield (items[position], value) if options.ret_args else value  # type: ignore[index]
-
-    def _merge(self, batch: _Batch) -> tuple[list[Any], dict[int, ItemError] | None]:
-        if batch.recorded is None:
-            assert batch.result is not None
-            return batch.result.values, batch.result.errors
-        values: list[Any] = []
-        errors: dict[int, ItemError] = {}
-        for position, (failed, recorded) in enumerate(batch.recorded):
-            if failed:
-                errors[position] = (attach_remote_traceback(*recorded), recorded[1])
-                values.append(None)
-            else:
-                values.append(recorded)
-        return values, errors or None
-
-    # -- ending ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Cancel what is still in flight and make the checkpoint durable (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self._store is not None and self.in_flight:
-                # Results that finished but were never asked for still go to the checkpoint.
-                for handle in self.backend.finished(list(self.in_flight)):
-                    self.complete(handle)
-            if self.in_flight:
-                self.backend.cancel(list(self.in_flight))
-                self.in_flight.clear()
-        finally:
-            try:
-                if self._store is not None:
-                    self._store.close()
-            finally:
-                self.backend.close()
-
-    def statistics(self) -> MapStatistics:
-        return MapStatistics(
-            items_read=self._read,
-            items_submitted=self._submitted,
-            batches_submitted=self._batches_submitted,
-            items_done=self._done,
-            items_replayed=self._replayed,
-            batches_in_flight=len(self.in_flight),
-            batches_buffered=self._buffered,
-            window=self.window,
-            seconds_per_item=self._sizer.seconds_per_item,
-        )
+    connect(spec)
+    blob, digest = dumps_callable(fn)
+    remote_options = dict(worker.remote_options)
+    if worker.runtime_env and dict(worker.runtime_env) != job_runtime_env():
+        # Ray was started elsewhere, or with another environment: each task carries it.
+        remote_options.setdefault("runtime_env", dict(worker.runtime_env))
+    return RayBackend(
+        blob,
+        digest,
+        unpack=options.unpack,
+        timeout=options.timeout,
+        batched=options.batched,
+        remote_options=remote_options,
+        setup=None if spec.initializer is None else spec.initializer.for_workers(),
+        max_calls=worker.max_tasks_per_worker,
+    )
 
 
-def _iterate(run: _MapRun) -> Generator[Any, None, None]:
+#: Engine iterators not yet collected. At exit, those still open are closed while Ray is up
+#: (``_lifecycle``'s first phase): their tasks are cancelled, their checkpoints flushed.
+_open_iterators: weakref.WeakSet[MapIterator] = weakref.WeakSet()
+
+
+def _close_open_iterators() -> None:
+    for iterator in list(_open_iterators):
+        # Being iterated by a thread that still runs: that thread closes it.
+        with contextlib.suppress(ValueError):
+            iterator.close()
+
+
+def _after_fork() -> None:
+    global _open_iterators
+    _open_iterators = weakref.WeakSet()
+
+
+_lifecycle.at_exit(_lifecycle.Phase.CANCEL_CALLS, _close_open_iterators)
+_lifecycle.on_fork(_after_fork)
+
+
+def _length(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _iterate(run: MapRun) -> Generator[Any, None, None]:
     try:
         while True:
             run.fill()
@@ -587,14 +275,14 @@ def _iterate(run: _MapRun) -> Generator[Any, None, None]:
                 continue
             if run.drained:
                 break
-            run.complete(run.backend.wait(list(run.in_flight)))
+            run.wait()
         if run.input_error is not None:
             raise run.input_error
     finally:
         run.close()
 
 
-async def _aiterate(run: _MapRun) -> AsyncIterator[Any]:
+async def _aiterate(run: MapRun) -> AsyncIterator[Any]:
     try:
         while True:
             run.fill()
@@ -607,7 +295,7 @@ async def _aiterate(run: _MapRun) -> AsyncIterator[Any]:
                 continue
             if run.drained:
                 break
-            run.complete(await run.backend.wait_async(list(run.in_flight)))
+            await run.wait_async()
         if run.input_error is not None:
             raise run.input_error
     finally:
@@ -621,9 +309,10 @@ class MapIterator(Iterator[Any]):
     call's tasks still in flight.
     """
 
-    def __init__(self, run: _MapRun) -> None:
+    def __init__(self, run: MapRun) -> None:
         self._run = run
         self._gen = _iterate(run)
+        _open_iterators.add(self)
 
     def __iter__(self) -> Iterator[Any]:
         # A for loop runs the generator directly, without a Python-level __next__ per item.
@@ -645,47 +334,10 @@ class RayMapIterator(MapIterator):
     """``MapIterator`` with ``len()`` when the input had one (for progress bars), as
     ray-map's ``submit`` returns."""
 
-    def __init__(self, run: _MapRun, total: int | None) -> None:
-        super().__init__(run)
-        self._total = total
-
     def __len__(self) -> int:
-        if self._total is None:
+        if self._run.total is None:
             raise TypeError("the length of this map is unknown: its input has no len()")
-        return self._total
-
-
-def make_setup(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> Setup:
-    """The ``Setup`` that makes workers run ``initializer(*initargs)`` once per process,
-    under a fresh key. The initializer goes to the object store once."""
-    blob, digest = dumps_callable(initializer)
-    return uuid.uuid4().hex, digest, [ray.put(blob)], initargs
-
-
-def _outside_raypool() -> int:
-    """The ``stacklevel`` that makes a warning raised by the caller point at the user's
-    code: the first frame outside raypool."""
-    level, frame = 1, sys._getframe(1)
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("raypool"):
-        level, frame = level + 1, frame.f_back
-    return level
-
-
-def _length(iterable: Iterable[Any]) -> int | None:
-    try:
-        return len(iterable)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _stop_predicate(stop: StopCondition | None) -> Callable[[], bool] | None:
-    if stop is None:
-        return None
-    if isinstance(stop, threading.Event):
-        return stop.is_set
-    if callable(stop):
-        return stop
-    raise TypeError(f"stop must be a callable or a threading.Event, got {type(stop).__name__}")
+        return self._run.total
 
 
 class RayMap(Generic[R]):
@@ -798,145 +450,61 @@ class RayMap(Generic[R]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"RayMap needs a callable, got {type(fn).__name__}: {fn!r}")
-        if on_error is not None and not callable(on_error):
-            raise TypeError(f"on_error must be callable, got {type(on_error).__name__}")
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
-        if max_tasks_per_worker is not None and (
-            not isinstance(max_tasks_per_worker, int)
-            or isinstance(max_tasks_per_worker, bool)
-            or max_tasks_per_worker < 1
-        ):
-            raise ValueError(
-                f"max_tasks_per_worker must be an int >= 1 or None, got {max_tasks_per_worker!r}"
-            )
-        check_checkpoint(checkpoint)
-        if checkpoint is not None and checkpoint_path is not None:
-            raise TypeError("pass checkpoint or checkpoint_path, not both")
-        for name, value in (("runtime_env", runtime_env), ("remote_options", remote_options)):
-            if value is not None and not isinstance(value, dict):
-                raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
         self.fn = fn
-        self._options = MapOptions(
-            batch_size=batch_size,
-            max_pending=max_pending,
-            unpack=unpack,
-            batched=batched,
-            adaptive_tail_batching=adaptive_tail_batching,
-            tail_batches_per_core=tail_batches_per_core,
-            tail_min_batch_size=tail_min_batch_size,
-            checkpoint_every=checkpoint_every,
-            checkpoint_interval=checkpoint_interval,
-            checkpoint_errors=bool(checkpoint_errors),
-            max_retries=max_retries,
-            retry_exceptions=exception_types(retry_exceptions),
+        self._spec = RunSpec(
+            MapOptions(
+                batch_size=batch_size,
+                max_pending=max_pending,
+                unpack=unpack,
+                batched=batched,
+                adaptive_tail_batching=adaptive_tail_batching,
+                tail_batches_per_core=tail_batches_per_core,
+                tail_min_batch_size=tail_min_batch_size,
+                checkpoint_every=checkpoint_every,
+                checkpoint_interval=checkpoint_interval,
+                checkpoint_errors=bool(checkpoint_errors),
+                max_retries=max_retries,
+                retry_exceptions=retry_types(retry_exceptions),
+            ),
+            WorkerOptions(
+                address=address,
+                password=password,
+                runtime_env=runtime_env,
+                remote_options=remote_options or {},
+                max_tasks_per_worker=max_tasks_per_worker,
+                sequential=sequential,
+            ),
+            initializer=None if initializer is None else Initializer(initializer, initargs),
+            on_error=on_error,
+            checkpoint=checkpoint,
+            checkpoint_path=checkpoint_path,
         )
-        self.checkpoint_path = checkpoint_path
-        self._checkpoint = checkpoint
-        self._address = address
-        self._password = password
-        self._runtime_env = dict(runtime_env) if runtime_env else None
-        self._remote_options = dict(remote_options) if remote_options else {}
-        self._on_error = on_error
-        self._sequential = sequential
-        self._initializer = initializer
-        self._initargs = tuple(initargs)
-        self._max_tasks_per_worker = max_tasks_per_worker
-        # The initializer as workers receive it, made on first use; a pool facade that
-        # runs several RayMaps as one pool sets its own, so they share one key.
-        self._setup: Setup | None = None
-        self._sequential_initialized = False
-        self._started_ray = False
-        if init_if_needed and not sequential:
-            self._ensure_ray()
+        if init_if_needed:
+            connect(self._spec)
 
     @property
     def batch_size(self) -> int | None:
         """The fixed batch size, or ``None`` when batches are sized automatically."""
-        return self._options.batch_size
+        return self._spec.options.batch_size
 
     @property
     def max_pending(self) -> int:
         """The window of batches, or ``-1`` when sized from the cluster."""
-        return self._options.max_pending
+        return self._spec.options.max_pending
+
+    @property
+    def checkpoint_path(self) -> str | os.PathLike[str] | None:
+        """The ``checkpoint_path`` given to the constructor."""
+        return self._spec.checkpoint_path
 
     def __repr__(self) -> str:
-        mode = "sequential" if self._sequential else "ray"
-        return f"<RayMap fn={self.fn!r} mode={mode} options={self._options}>"
+        mode = "sequential" if self._spec.worker.sequential else "ray"
+        return f"<RayMap fn={self.fn!r} mode={mode} options={self._spec.options}>"
 
     def __reduce__(self) -> Any:
         raise TypeError("a RayMap cannot be pickled: create it where it is used")
 
-    # -- internals -------------------------------------------------------------------------
-
-    def _ensure_ray(self) -> None:
-        if ensure_ray(self._address, password=self._password, runtime_env=self._runtime_env):
-            self._started_ray = True
-
-    def _worker_setup(self) -> Setup | None:
-        if self._setup is None and self._initializer is not None:
-            self._setup = make_setup(self._initializer, self._initargs)
-        return self._setup
-
-    def _backend(self, options: MapOptions) -> Backend:
-        if self._sequential:
-            if self._initializer is not None and not self._sequential_initialized:
-                self._initializer(*self._initargs)
-                self._sequential_initialized = True
-            return InlineBackend(
-                self.fn, unpack=options.unpack, timeout=options.timeout, batched=options.batched
-            )
-        self._ensure_ray()
-        blob, digest = dumps_callable(self.fn)
-        remote_options = dict(self._remote_options)
-        if self._runtime_env and not self._started_ray:
-            remote_options.setdefault("runtime_env", self._runtime_env)
-        return RayBackend(
-            blob,
-            digest,
-            unpack=options.unpack,
-            timeout=options.timeout,
-            batched=options.batched,
-            remote_options=remote_options,
-            setup=self._worker_setup(),
-            max_calls=self._max_tasks_per_worker,
-        )
-
-    def _open_checkpoint(self, checkpoint: Checkpoint) -> SqliteStore | None:
-        """The store of this call's checkpoint: the call's ``checkpoint``, else the
-        constructor's ``checkpoint`` or ``checkpoint_path``; ``None`` for none."""
-        check_checkpoint(checkpoint)
-        if checkpoint is None:
-            checkpoint = self._checkpoint
-        if (checkpoint is None and self.checkpoint_path is None) or checkpoint is False:
-            return None
-        identity = fingerprint(self.fn)
-        if checkpoint is None:
-            path = os.fspath(self.checkpoint_path)  # type: ignore[arg-type]
-        elif checkpoint is True:
-            path = checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", identity))
-        elif isinstance(checkpoint, str):
-            path = checkpoint_file(checkpoint)
-        else:
-            path = os.fspath(checkpoint)
-        options = self._options
-        salt = key_salt(options.unpack, options.batched)
-        imported = import_ray_map(path, lambda item: item_key(item, salt), function=identity)
-        if imported is not None:
-            warnings.warn(
-                f"converted ray-map's checkpoint {path} ({imported} results) into a raypool "
-                f"checkpoint; ray-map's file is kept as {path}{RAY_MAP_SUFFIX}",
-                stacklevel=_outside_raypool(),
-            )
-        return SqliteStore(
-            path,
-            every=options.checkpoint_every,
-            interval=options.checkpoint_interval,
-            errors=options.checkpoint_errors,
-            function=identity,
-        )
-
-    def _run(
+    def _open(
         self,
         method: str,
         iterable: Iterable[Any],
@@ -947,34 +515,26 @@ class RayMap(Generic[R]):
         ret_args: bool,
         checkpoint: Checkpoint = None,
         max_pending: int | None = None,
-        **limits: Any,
-    ) -> tuple[_MapRun, int | None]:
+        limits: StreamLimits | None = None,
+    ) -> MapRun:
+        spec = self._spec
         options = dataclasses.replace(
-            self._options,
+            spec.options,
             timeout=timeout,
             safe_exceptions=bool(safe_exceptions),
             keep_order=bool(keep_order),
             ret_args=bool(ret_args),
-            max_pending=self._options.max_pending if max_pending is None else max_pending,
+            max_pending=spec.options.max_pending if max_pending is None else max_pending,
         )
-        try:
-            iterator = iter(iterable)
-        except TypeError:
-            raise TypeError(
-                f"RayMap.{method}() needs an iterable of items, got {type(iterable).__name__}"
-            ) from None
-        total = _length(iterable)
-        store = self._open_checkpoint(checkpoint)
-        try:
-            backend = self._backend(options)
-        except BaseException:
-            if store is not None:
-                store.close()
-            raise
-        run = _MapRun(
-            iterator, total, options, backend, store=store, on_error=self._on_error, **limits
+        return open_run(
+            self.fn,
+            iterable,
+            spec,
+            options,
+            checkpoint=checkpoint,
+            limits=limits,
+            caller=f"RayMap.{method}",
         )
-        return run, total
 
     # -- the seed's API ----------------------------------------------------------------------
 
@@ -1019,7 +579,7 @@ class RayMap(Generic[R]):
             Exception: without ``safe_exceptions``, the first failed item's exception
                 (in input order when ordered), after which the rest is cancelled.
         """
-        run, _ = self._run(
+        run = self._open(
             "imap",
             iterable,
             timeout=timeout,
@@ -1068,7 +628,7 @@ class RayMap(Generic[R]):
 
         Not to be confused with ``multiprocessing.Pool.map_async``: this is asyncio.
         """
-        run, _ = self._run(
+        run = self._open(
             "imap_async",
             iterable,
             timeout=timeout,
@@ -1117,31 +677,11 @@ class RayMap(Generic[R]):
         stop: StopCondition | None,
         max_pending: int | None,
         checkpoint: Checkpoint,
-    ) -> _MapRun:
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
-            try:
-                iterable = itertools.islice(iterable, limit)
-            except TypeError:
-                raise TypeError(
-                    f"RayMap.{method}() needs an iterable of items, got {type(iterable).__name__}"
-                ) from None
-        if ordered_window is not None and (
-            not isinstance(ordered_window, int) or ordered_window < 1
-        ):
-            raise ValueError(f"ordered_window must be an int >= 1 or None, got {ordered_window!r}")
-        stopped = _stop_predicate(stop)
-        halt_input = stopped
-        if time_budget is not None:
-            if not isinstance(time_budget, (int, float)) or time_budget < 0:
-                raise ValueError(f"time_budget must be seconds >= 0 or None, got {time_budget!r}")
-            deadline = time.monotonic() + time_budget
-
-            def halt_input() -> bool:
-                return time.monotonic() >= deadline or (stopped is not None and stopped())
-
-        run, _ = self._run(
+    ) -> MapRun:
+        limits = StreamLimits(
+            limit=limit, ordered_window=ordered_window, time_budget=time_budget, stop=stop
+        )
+        return self._open(
             method,
             iterable,
             timeout=timeout,
@@ -1150,11 +690,8 @@ class RayMap(Generic[R]):
             ret_args=ret_args,
             max_pending=max_pending,
             checkpoint=checkpoint,
-            halt_input=halt_input,
-            halt_output=stopped,
-            max_buffered_items=ordered_window if keep_order else None,
+            limits=limits,
         )
-        return run
 
     def imap_stream(
         self,
@@ -1248,7 +785,7 @@ class RayMap(Generic[R]):
         self, iterable: Iterable[Any], *, timeout: float | None = None
     ) -> RayMapIterator:
         """``submit`` with a per-item ``timeout``."""
-        run, total = self._run(
+        run = self._open(
             "submit",
             iterable,
             timeout=timeout,
@@ -1256,7 +793,7 @@ class RayMap(Generic[R]):
             keep_order=False,
             ret_args=True,
         )
-        return RayMapIterator(run, total)
+        return RayMapIterator(run)
 
     @classmethod
     def collect(

@@ -24,8 +24,11 @@ change which ``except`` clause fires::
     ├─ CheckpointError(RayPoolError)                the checkpoint store is unusable
     ├─ BatchLengthError(RayPoolError, ValueError)   a batched function returned the wrong count
     ├─ RemoteError(RayPoolError)                    an exception that could not be sent back
-    └─ ClusterUnreachableError(RayPoolError, ConnectionError)
-                                                    ``address=`` names no reachable Ray cluster
+    ├─ ClusterUnreachableError(RayPoolError, ConnectionError)
+    │                                               ``address=`` names no reachable Ray cluster
+    └─ ForkedProcessError(RayPoolError, RuntimeError)
+                                                    raypool used in a process forked from one
+                                                    connected to Ray
     RemoteTraceback                                 never raised: the worker-side traceback,
                                                     attached as ``__cause__`` of the user's error
                                                     (``multiprocessing.pool.RemoteTraceback``)
@@ -46,6 +49,7 @@ __all__ = [
     "BrokenPoolError",
     "CheckpointError",
     "ClusterUnreachableError",
+    "ForkedProcessError",
     "PoolClosedError",
     "RayPoolError",
     "RemoteError",
@@ -160,6 +164,14 @@ class RemoteError(RayPoolError):
 
 class ClusterUnreachableError(RayPoolError, ConnectionError):
     """``address=`` names a Ray cluster that cannot be reached."""
+
+
+class ForkedProcessError(RayPoolError, RuntimeError):
+    """raypool was used in a process forked from one connected to Ray (``multiprocessing``'s
+    ``fork`` start method, ``os.fork()``). A forked child shares its parent's Ray
+    connection without the threads behind it: using it would hang and break the parent's.
+    Start such processes with the ``spawn`` or ``forkserver`` method instead.
+    """
 
 
 #: The traceback of an exception as formatted in the worker. Never raised: raypool sets it

@@ -1,7 +1,8 @@
 """RayPool: ``multiprocessing.Pool`` and ``concurrent.futures.Executor`` on the RayMap engine.
 
-Every method turns into one engine call - a ``RayMap`` over the method's function, whose
-``_MapRun`` the pool's ``Dispatcher`` drives - and a sink that delivers its outputs the way
+Every method opens one engine call (``_engine.open_run``) of the method's function under
+the pool's ``RunSpec`` - built once per pool, and once per ``options()`` view - which the
+pool's ``Dispatcher`` drives, with a sink (``_results``) that delivers its outputs the way
 the stdlib method does:
 
 =====================================================  ============  ======================
@@ -9,45 +10,54 @@ method                                                 unpack        outputs go 
 =====================================================  ============  ======================
 ``submit``, ``apply``, ``apply_async``                 ``"call"``    a ``Future``
 ``map``, ``map_async``, ``starmap``, ``starmap_async`` none / args   a list in a ``Future``
-``imap``, ``imap_unordered``                           ``"none"``    ``IMapIterator``
+``imap``, ``imap_unordered``, ``Executor.map``         ``"none"``    ``IMapIterator``
 =====================================================  ============  ======================
 
 The stdlib names are translated here and only here (``processes`` caps tasks in flight,
 ``chunksize`` is ``batch_size``, ``maxtasksperchild`` is ``max_tasks_per_worker``); the
-engine knows nothing of them. ``AsyncResult`` and ``IMapIterator`` keep ``multiprocessing``'s
-behaviour: ``get(timeout)`` raises ``multiprocessing.TimeoutError``, an ``imap`` iterator
-raises an item's exception at that item and can go on after it.
+engine knows nothing of them. The pool's state is a ``PoolState`` behind the core's lock;
+the check that the pool runs and the start of a call happen under that lock, so a call
+never starts on a pool that ``close()`` or ``terminate()`` already ended.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import enum
-import logging
 import multiprocessing
-import sys
+import os
 import threading
 import time
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceback
+from concurrent.futures import CancelledError, Future
 from types import MappingProxyType, TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from ._config import MapOptions, Unpack, exception_types
+from ._config import (
+    CallDefaults,
+    Checkpoint,
+    MapOptions,
+    Unpack,
+    WorkerOptions,
+    check_batch_size,
+    retry_types,
+)
 from ._dispatch import Call, Dispatcher
-from ._engine import RayMap, make_setup
-from ._errors import PoolClosedError, RemoteTraceback
-from ._outcome import ItemError
-from ._runtime import cluster_cpus, ensure_ray
-from ._store import Checkpoint, check_checkpoint
-from ._worker import Setup
+from ._engine import Initializer, RunSpec, connect, open_run
+from ._errors import ForkedProcessError, PoolClosedError
+from ._results import (
+    AsyncResult,
+    FutureSink,
+    IMapIterator,
+    ListSink,
+    MapResult,
+    Outputs,
+    StreamSink,
+)
+from ._runtime import cluster_cpus
 
 __all__ = [
     "AsyncResult",
@@ -59,14 +69,7 @@ __all__ = [
     "RayPool",
 ]
 
-logger = logging.getLogger("raypool")
-
 R = TypeVar("R")
-
-#: Finished batches an ``imap`` iterator holds for its reader before the call stops
-#: reading input (the engine's window then bounds the rest). More smooths a bursty reader;
-#: each batch held is memory.
-STREAM_BATCHES = 2
 
 #: With ``processes=None``, the most tasks of all the pool's calls in flight, per cluster
 #: CPU (Ray runs one per CPU; the rest wait in Ray's queue). More keeps Ray busy with many
@@ -89,43 +92,6 @@ class PoolState(enum.Enum):
     TERMINATE = "terminate"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Defaults:
-    """The keyword extensions: pool-wide defaults, overridden per call or by ``options()``."""
-
-    timeout: float | None = None
-    safe_exceptions: bool = False
-    ret_args: bool = False
-    checkpoint: Checkpoint = None
-    chunksize: int | None = None
-    remote_options: Mapping[str, Any] | None = None
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        MapOptions(timeout=self.timeout)  # validates the timeout
-        _check_chunksize(self.chunksize)
-        if self.remote_options is not None and not isinstance(self.remote_options, Mapping):
-            raise TypeError(
-                f"remote_options must be a dict, got {type(self.remote_options).__name__}"
-            )
-        check_checkpoint(self.checkpoint)
-
-    def merged(self, **overrides: Any) -> _Defaults:
-        """These defaults with every override that is not ``None``."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        options = self.remote_options
-        if given.get("remote_options") is not None and options:
-            given["remote_options"] = {**options, **given["remote_options"]}
-        return dataclasses.replace(self, **given) if given else self
-
-
-def _check_chunksize(chunksize: object) -> None:
-    if chunksize is not None and (
-        not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
-    ):
-        raise ValueError(f"chunksize must be an int >= 1 or None, got {chunksize!r}")
-
-
 def _check_count(name: str, value: object, message: str) -> None:
     if value is None:
         return
@@ -135,465 +101,92 @@ def _check_count(name: str, value: object, message: str) -> None:
         raise ValueError(message)
 
 
-def _settle(future: Future[Any], error: BaseException) -> None:
-    """End ``future`` with ``error``; a cancellation of a future not yet running cancels it."""
-    if isinstance(error, CancelledError) and future.cancel():
-        return
-    # Already done or cancelled meanwhile is fine; checking first would race.
-    with contextlib.suppress(InvalidStateError):
-        future.set_exception(error)
-
-
-def _progress_bar(total: int | None, description: str) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError(
-            "progress=True needs the tqdm package: pip install 'raypool[progress]'"
-        ) from None
-    return tqdm(total=total, desc=description, unit="item", file=sys.stderr)
-
-
-# -- sinks: where a call's outputs go ------------------------------------------------------------
-
-
-class _FutureSink:
-    """One call with one item (``submit``, ``apply_async``): its outcome sets a Future.
-
-    For ``submit`` (``executor=True``) the worker traceback is attached as
-    ``concurrent.futures`` attaches it, for ``apply_async`` as ``multiprocessing`` does.
-    """
-
-    def __init__(self, future: Future[Any], safe_exceptions: bool, executor: bool) -> None:
-        self.future = future
-        self._safe = safe_exceptions
-        self._executor = executor
-
-    def begin(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
-
-    def room(self) -> bool:
-        return True
-
-    def put(
-        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
-    ) -> bool:
-        try:
-            if errors:
-                exc = errors[0][0]
-                cause = exc.__cause__
-                if self._executor and isinstance(cause, RemoteTraceback):
-                    # typeshed says a traceback object; it is the formatted text
-                    exc.__cause__ = _ExecutorRemoteTraceback(str(cause))  # type: ignore[arg-type]
-                if self._safe:
-                    self.future.set_result(exc)
-                else:
-                    self.future.set_exception(exc)
-            else:
-                self.future.set_result(values[0])
-        except InvalidStateError:
-            pass  # ended by terminate() meanwhile
-        return True
-
-    def end(self, error: BaseException | None) -> None:
-        if error is not None:
-            _settle(self.future, error)
-
-
-class _Outputs:
-    """What a map-family call yields per item: values, errors as values or raised, pairs."""
-
-    def __init__(self, *, safe_exceptions: bool, ret_args: bool, progress: Any) -> None:
-        self.safe = safe_exceptions
-        self.ret_args = ret_args
-        self.progress = progress
-
-    def count(self, n: int) -> None:
-        if self.progress is not None:
-            self.progress.update(n)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-
-
-class _ListSink:
-    """A map-family call collected into one list (``map``, ``starmap``, their ``_async``).
-
-    Unless ``safe_exceptions``, the first failed item in input order fails the call - once
-    every item has finished, as the stdlib's ``map`` does (CPython issue #23992).
-    """
-
-    def __init__(self, future: Future[list[Any]], outputs: _Outputs) -> None:
-        self.future = future
-        self._outputs = outputs
-        self._values: list[Any] = []
-        self._error: BaseException | None = None
-
-    def begin(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
-
-    def room(self) -> bool:
-        return True
-
-    def put(
-        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
-    ) -> bool:
-        outputs = self._outputs
-        outputs.count(len(values))
-        if self._error is not None:
-            return True
-        if errors:
-            if not outputs.safe:
-                self._error = errors[min(errors)][0]
-                self._values.clear()
-                return True
-            values = list(values)
-            for position, (exc, _) in errors.items():
-                values[position] = exc
-        if outputs.ret_args:
-            assert items is not None
-            self._values.extend(zip(items, values, strict=True))
-        else:
-            self._values.extend(values)
-        return True
-
-    def end(self, error: BaseException | None) -> None:
-        self._outputs.close()
-        error = self._error or error
-        if error is not None:
-            _settle(self.future, error)
-            return
-        with contextlib.suppress(InvalidStateError):
-            self.future.set_result(self._values)
-
-
-class _StreamSink:
-    """The buffer between a call and its ``IMapIterator``: back-pressure on the call,
-    blocking (or awaiting) reads for the iterator."""
-
-    def __init__(self, pool: _PoolCore, outputs: _Outputs) -> None:
-        self.outputs = outputs
-        self.call: Call | None = None
-        self.cond = threading.Condition()
-        self.batches: deque[tuple[list[Any] | None, list[Any], dict[int, ItemError] | None]]
-        self.batches = deque()
-        self.done = False
-        self.error: BaseException | None = None
-        self._pool = pool
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def begin(self) -> bool:
-        return True
-
-    def room(self) -> bool:
-        # Once the pool is closed nothing may stall join(): take everything, as the stdlib.
-        return len(self.batches) < STREAM_BATCHES or self._pool.state is not PoolState.RUN
-
-    def put(
-        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
-    ) -> bool:
-        with self.cond:
-            self.batches.append((items, values, errors))
-            self._notify()
-        self.outputs.count(len(values))
-        return True
-
-    def end(self, error: BaseException | None) -> None:
-        self.outputs.close()
-        with self.cond:
-            self.done = True
-            self.error = error
-            self._notify()
-
-    def wait_async(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
-        """A future set when there is something to read, or ``None`` if there is now."""
-        with self.cond:
-            if self.batches or self.done:
-                return None
-            waiter = loop.create_future()
-            self._waiters.append((loop, waiter))
-            return waiter
-
-    def _notify(self) -> None:
-        self.cond.notify_all()
-        for loop, waiter in self._waiters:
-            with contextlib.suppress(RuntimeError):  # that event loop is closed
-                loop.call_soon_threadsafe(_release, waiter)
-        self._waiters.clear()
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-# -- what the caller holds ---------------------------------------------------------------------
-
-
-class AsyncResult(Generic[R]):
-    """The result of ``apply_async``/``map_async``/``starmap_async``, as in ``multiprocessing``.
-
-    ``callback``/``error_callback`` run in the driver, in the pool's dispatcher thread,
-    before ``ready()`` turns true; an exception they raise is logged, not lost silently.
-    """
-
-    def __init__(
-        self,
-        future: Future[R],
-        callback: Callable[[R], object] | None,
-        error_callback: Callable[[BaseException], object] | None,
-    ) -> None:
-        self._future = future
-        self._callback = callback
-        self._error_callback = error_callback
-        self._event = threading.Event()
-        future.add_done_callback(self._done)
-
-    def _done(self, future: Future[R]) -> None:
-        try:
-            if future.cancelled():
-                error: BaseException | None = CancelledError("the pool was terminated")
-            else:
-                error = future.exception()
-            if error is None:
-                if self._callback is not None:
-                    self._callback(future.result())
-            elif self._error_callback is not None:
-                self._error_callback(error)
-        except Exception:
-            logger.exception("raypool: a callback of %r raised", self)
-        finally:
-            self._event.set()
-
-    def ready(self) -> bool:
-        """Whether the call has completed."""
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        """Whether the call completed without raising.
-
-        Raises:
-            ValueError: the result is not ready yet.
-        """
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return not self._future.cancelled() and self._future.exception() is None
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is available or ``timeout`` seconds pass."""
-        self._event.wait(timeout)
-
-    def get(self, timeout: float | None = None) -> R:
-        """The result, or the exception the call raised, raised here.
-
-        Raises:
-            multiprocessing.TimeoutError: the result is not ready within ``timeout``.
-            concurrent.futures.CancelledError: the pool was terminated first.
-        """
-        self.wait(timeout)
-        if not self.ready():
-            raise multiprocessing.TimeoutError
-        return self._future.result()
-
-    def __repr__(self) -> str:
-        state = "ready" if self.ready() else "pending"
-        return f"<{type(self).__name__} {state}>"
-
-
-class MapResult(AsyncResult[list[R]]):
-    """The result of ``map_async``/``starmap_async``: a list in input order."""
-
-
-class IMapIterator(Iterator[Any]):
-    """The iterator of ``imap``/``imap_unordered``, as in ``multiprocessing``.
-
-    ``next(timeout)`` raises ``multiprocessing.TimeoutError`` when no result arrives in
-    time. An item's exception is raised when iteration reaches it (unless
-    ``safe_exceptions``), and iteration can go on after it. It is also an async iterator:
-    ``async for`` waits without blocking the event loop.
-
-    Closing it (``close()``, dropping it, or leaving the pool's ``with`` block) cancels the
-    call's work still in flight.
-    """
-
-    def __init__(self, sink: _StreamSink, dispatcher: Dispatcher, call: Call) -> None:
-        self._sink = sink
-        self._dispatcher = dispatcher
-        self._call = call
-        self._items: list[Any] | None = None
-        self._values: list[Any] = []
-        self._errors: dict[int, ItemError] | None = None
-        self._position = 0
-        self._finished = False
-
-    def __iter__(self) -> IMapIterator:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        """The next result; ``timeout`` in seconds, as ``multiprocessing``'s ``next``."""
-        if self._position >= len(self._values):
-            self._load(timeout)
-        return self._output()
-
-    def __next__(self) -> Any:
-        return self.next()
-
-    def _output(self) -> Any:
-        position = self._position
-        self._position = position + 1
-        value = self._values[position]
-        errors = self._errors
-        if errors is not None and position in errors:
-            exc = errors[position][0]
-            if not self._sink.outputs.safe:
-                raise exc
-            value = exc
-        if self._sink.outputs.ret_args:
-            assert self._items is not None
-            return self._items[position], value
-        return value
-
-    def _load(self, timeout: float | None) -> None:
-        sink = self._sink
-        with sink.cond:
-            if not sink.cond.wait_for(lambda: sink.batches or sink.done, timeout):
-                raise multiprocessing.TimeoutError
-            self._take()
-
-    def _take(self) -> None:
-        # Called with the sink's lock held and something to read.
-        sink = self._sink
-        if sink.batches:
-            self._items, self._values, self._errors = sink.batches.popleft()
-            self._position = 0
-            self._dispatcher.wake(self._call)
-            return
-        self._finished = True
-        error, sink.error = sink.error, None
-        if error is not None:
-            raise error
-        raise StopIteration
-
-    def __aiter__(self) -> IMapIterator:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._position >= len(self._values):
-            loop = asyncio.get_running_loop()
-            while True:
-                waiter = self._sink.wait_async(loop)
-                if waiter is None:
-                    break
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    self.close()
-                    raise
-            try:
-                with self._sink.cond:
-                    self._take()
-            except StopIteration:
-                raise StopAsyncIteration from None
-        return self._output()
-
-    def close(self) -> None:
-        """Stop the call: its work in flight is cancelled."""
-        if not self._finished:
-            self._finished = True
-            self._dispatcher.cancel(self._call)
-
-    async def aclose(self) -> None:
-        """``close()`` for ``async for`` users."""
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-
-# -- the pool ----------------------------------------------------------------------------------
-
-
 class _PoolCore:
-    """The state one pool and all its ``options()`` views share."""
+    """The state one pool and all its ``options()`` views share: the state, the dispatcher
+    (made on first use, sized from the cluster), the futures and streams to end."""
 
-    def __init__(
-        self,
-        *,
-        processes: int | None,
-        initializer: Callable[..., object] | None,
-        initargs: tuple[Any, ...],
-        max_tasks_per_worker: int | None,
-        max_pending: int,
-        address: str | None,
-        runtime_env: dict[str, Any] | None,
-        checkpointing: dict[str, Any],
-    ) -> None:
+    def __init__(self, processes: int | None) -> None:
         self.processes = processes
-        self.initializer = initializer
-        self.initargs = initargs
-        self.max_tasks_per_worker = max_tasks_per_worker
-        self.max_pending = max_pending
-        self.address = address
-        self.runtime_env = runtime_env
-        self.checkpointing = checkpointing  # RayMap's checkpoint_every/_interval/_errors
         self.state = PoolState.RUN
         self.lock = threading.Lock()
         self.futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
-        self.streams: weakref.WeakSet[_StreamSink] = weakref.WeakSet()
-        self._dispatcher: Dispatcher | None = None
-        self._setup: Setup | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.pid = os.getpid()
 
-    def setup(self) -> Setup | None:
-        """The initializer as workers receive it, made once for the whole pool."""
-        if self.initializer is None:
-            return None
-        with self.lock:
-            if self._setup is None:
-                ensure_ray(self.address, runtime_env=self.runtime_env)
-                self._setup = make_setup(self.initializer, self.initargs)
-            return self._setup
+    def inherited(self) -> bool:
+        """Whether this is a forked child's copy of the pool: its dispatcher thread and
+        Ray connection are not here. Closing it then does nothing (it is the parent's)."""
+        return os.getpid() != self.pid
 
-    def dispatcher(self) -> Dispatcher:
+    def check_running(self, executor: bool) -> None:
+        """Raise unless the pool takes new work (here)."""
+        if self.inherited():
+            raise ForkedProcessError(
+                f"this pool belongs to process {self.pid}, from which this process was "
+                "forked: a forked child cannot use its parent's pool. Create pools in "
+                "processes started with the 'spawn' or 'forkserver' start method"
+            )
+        state = self.state
+        if state is not PoolState.RUN:
+            if executor:
+                raise PoolClosedError("cannot schedule new futures after shutdown")
+            raise PoolClosedError(f"Pool not running (state={state.name})")
+
+    def get_dispatcher(self) -> Dispatcher:
+        """The pool's dispatcher (Ray must be connected: it is sized from the cluster)."""
         with self.lock:
-            if self._dispatcher is None:
+            if self.dispatcher is None:
                 limit = self.processes or QUEUED_TASKS_PER_CPU * cluster_cpus()
-                self._dispatcher = Dispatcher(limit)
-            return self._dispatcher
+                self.dispatcher = Dispatcher(limit)
+            return self.dispatcher
+
+    def start(self, call: Call, executor: bool) -> None:
+        """Start ``call`` if the pool still runs; otherwise close its run and raise."""
+        dispatcher = call.dispatcher
+        with self.lock:
+            try:
+                self.check_running(executor)
+            except BaseException:
+                call.run.close()
+                raise
+            dispatcher.start(call)
 
     def close(self) -> None:
+        if self.inherited():  # only this copy closes (its lock may be held by the parent's)
+            if self.state is PoolState.RUN:
+                self.state = PoolState.CLOSE
+            return
         with self.lock:
             if self.state is PoolState.RUN:
                 self.state = PoolState.CLOSE
-            streams = list(self.streams)
-            dispatcher = self._dispatcher
+            dispatcher = self.dispatcher
         if dispatcher is not None:
-            for sink in streams:  # they may take everything now: let them
-                if sink.call is not None:
-                    dispatcher.wake(sink.call)
             dispatcher.close()
 
     def join(self) -> None:
+        if self.inherited():
+            return
         with self.lock:
-            dispatcher = self._dispatcher
+            dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.wait_idle()
             dispatcher.stop()
 
     def cancel_streams(self) -> None:
+        if self.inherited():
+            return
         with self.lock:
-            streams = list(self.streams)
-            dispatcher = self._dispatcher
+            dispatcher = self.dispatcher
         if dispatcher is not None:
-            for sink in streams:
-                if sink.call is not None:
-                    dispatcher.cancel(sink.call, CancelledError("the pool was shut down"))
+            dispatcher.cancel_streams(CancelledError("the pool was shut down"))
 
     def terminate(self) -> None:
+        if self.inherited():
+            self.state = PoolState.TERMINATE
+            return
         with self.lock:
             self.state = PoolState.TERMINATE
-            dispatcher = self._dispatcher
+            dispatcher = self.dispatcher
         for future in list(self.futures):
             future.cancel()
         if dispatcher is not None:
@@ -693,42 +286,33 @@ class RayPool(concurrent.futures.Executor):
             "maxtasksperchild must be a positive int or None",
         )
         _check_count("max_tasks_per_child", max_tasks_per_child, "max_tasks_per_child must be >= 1")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if runtime_env is not None and not isinstance(runtime_env, dict):
-            raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}")
-        MapOptions(  # validates them
-            max_pending=max_pending,
-            checkpoint_every=checkpoint_every,
-            checkpoint_interval=checkpoint_interval,
-            max_retries=max_retries,
-            retry_exceptions=exception_types(retry_exceptions),
-        )
-        self._defaults = _Defaults(
+        self._defaults = CallDefaults(
             timeout=timeout,
-            safe_exceptions=bool(safe_exceptions),
-            ret_args=bool(ret_args),
+            safe_exceptions=safe_exceptions,
+            ret_args=ret_args,
             checkpoint=checkpoint,
             chunksize=chunksize,
             remote_options=dict(remote_options) if remote_options else None,
-            progress=bool(progress),
+            progress=progress,
         )
-        self._core = _PoolCore(
-            processes=processes or max_workers,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            max_tasks_per_worker=maxtasksperchild or max_tasks_per_child,
-            max_pending=max_pending,
-            address=address,
-            runtime_env=dict(runtime_env) if runtime_env else None,
-            checkpointing={
-                "checkpoint_every": checkpoint_every,
-                "checkpoint_interval": checkpoint_interval,
-                "checkpoint_errors": bool(checkpoint_errors),
-                "max_retries": max_retries,
-                "retry_exceptions": retry_exceptions,
-            },
+        self._spec = RunSpec(
+            MapOptions(
+                max_pending=max_pending,
+                checkpoint_every=checkpoint_every,
+                checkpoint_interval=checkpoint_interval,
+                checkpoint_errors=bool(checkpoint_errors),
+                max_retries=max_retries,
+                retry_exceptions=retry_types(retry_exceptions),
+            ),
+            WorkerOptions(
+                address=address,
+                runtime_env=runtime_env,
+                remote_options=self._defaults.remote_options or {},
+                max_tasks_per_worker=maxtasksperchild or max_tasks_per_child,
+            ),
+            initializer=None if initializer is None else Initializer(initializer, initargs),
         )
+        self._core = _PoolCore(processes or max_workers)
         self._owner = True
         self._parent: RayPool | None = None
 
@@ -765,6 +349,7 @@ class RayPool(concurrent.futures.Executor):
             remote_options=remote_options,
             progress=progress,
         )
+        view._spec = self._spec_for(view._defaults)
         view._owner = False
         view._parent = self  # the pool lives as long as its views: dropping it terminates
         return view
@@ -775,7 +360,7 @@ class RayPool(concurrent.futures.Executor):
         return self._core.state
 
     def _check_not_in_callback(self, method: str) -> None:
-        dispatcher = self._core._dispatcher
+        dispatcher = self._core.dispatcher
         if dispatcher is not None and dispatcher.is_current_thread():
             raise RuntimeError(
                 f"{method}() would wait for a result in the thread that delivers results "
@@ -783,16 +368,12 @@ class RayPool(concurrent.futures.Executor):
             )
 
     def _check_running(self, executor: bool = False) -> None:
-        state = self._core.state
-        if state is not PoolState.RUN:
-            if executor:
-                raise PoolClosedError("cannot schedule new futures after shutdown")
-            raise PoolClosedError(f"Pool not running (state={state.name})")
+        self._core.check_running(executor)
 
     def __repr__(self) -> str:
         core = self._core
         processes = core.processes if core.processes is not None else "auto"
-        dispatcher = core._dispatcher
+        dispatcher = core.dispatcher
         active = dispatcher.active if dispatcher is not None else 0
         return (
             f"<{type(self).__name__} state={core.state.name} processes={processes} "
@@ -806,6 +387,8 @@ class RayPool(concurrent.futures.Executor):
         core = getattr(self, "_core", None)
         if core is None or not getattr(self, "_owner", False) or core.state is not PoolState.RUN:
             return
+        if core.inherited():
+            return  # a forked child's copy: the pool is the parent's
         try:
             warnings.warn(
                 f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1
@@ -816,52 +399,69 @@ class RayPool(concurrent.futures.Executor):
 
     # -- running calls -----------------------------------------------------------------------
 
+    def _spec_for(self, defaults: CallDefaults) -> RunSpec:
+        """The run spec of calls with ``defaults``: this view's, or one with other Ray
+        options (``remote_options=`` of the call)."""
+        if defaults.remote_options == self._defaults.remote_options and hasattr(self, "_spec"):
+            return self._spec
+        worker = dataclasses.replace(
+            self._spec.worker, remote_options=defaults.remote_options or {}
+        )
+        return dataclasses.replace(self._spec, worker=worker)
+
     def _start(
         self,
         method: str,
         fn: Callable[..., Any],
         iterable: Iterable[Any],
         unpack: Unpack,
-        defaults: _Defaults,
+        defaults: CallDefaults,
+        sink: FutureSink | ListSink | StreamSink,
         *,
         keep_order: bool = True,
-        sink: Any,
+        executor: bool = False,
     ) -> Call:
-        core = self._core
-        rmap = RayMap(
-            fn,
-            batch_size=defaults.chunksize,
-            adaptive_tail_batching=defaults.chunksize is None,  # a chunksize is exact
-            max_pending=core.max_pending,
-            checkpoint=defaults.checkpoint,
-            **core.checkpointing,
-            address=core.address,
-            runtime_env=core.runtime_env,
-            remote_options=dict(defaults.remote_options) if defaults.remote_options else None,
+        """Open the call and hand it to the dispatcher, if the pool still runs then."""
+        spec = self._spec_for(defaults)
+        chunksize = defaults.chunksize
+        options = dataclasses.replace(
+            spec.options,
+            batch_size=chunksize,
+            adaptive_tail_batching=chunksize is None,  # a chunksize is exact
             unpack=unpack,
-            max_tasks_per_worker=core.max_tasks_per_worker,
-        )
-        rmap._setup = core.setup()
-        run, _ = rmap._run(
-            method,
-            iterable,
             timeout=defaults.timeout,
-            safe_exceptions=True,
+            safe_exceptions=True,  # the sink shapes the outputs
             keep_order=keep_order,
             ret_args=defaults.ret_args,
         )
-        return core.dispatcher().start(run, sink)
+        connect(spec)  # before the dispatcher, which is sized from the cluster
+        call = self._core.get_dispatcher().call(
+            sink,
+            lambda throttle: open_run(
+                fn,
+                iterable,
+                spec,
+                options,
+                checkpoint=defaults.checkpoint,
+                throttle=throttle,
+                caller=f"RayPool.{method}",
+            ),
+        )
+        self._core.start(call, executor)
+        return call
 
-    def _outputs(self, defaults: _Defaults, iterable: Iterable[Any], method: str) -> _Outputs:
-        progress = None
-        if defaults.progress:
-            try:
-                total: int | None = len(iterable)  # type: ignore[arg-type]
-            except TypeError:
-                total = None
-            progress = _progress_bar(total, method)
-        return _Outputs(
-            safe_exceptions=defaults.safe_exceptions, ret_args=defaults.ret_args, progress=progress
+    def _outputs(self, defaults: CallDefaults, iterable: Iterable[Any], method: str) -> Outputs:
+        if not defaults.progress:
+            return Outputs(safe_exceptions=defaults.safe_exceptions, ret_args=defaults.ret_args)
+        try:
+            total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        return Outputs.with_progress(
+            safe_exceptions=defaults.safe_exceptions,
+            ret_args=defaults.ret_args,
+            total=total,
+            description=method,
         )
 
     def _call_future(
@@ -871,8 +471,9 @@ class RayPool(concurrent.futures.Executor):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         future: Future[Any] = Future()
         defaults = self._defaults
-        sink = _FutureSink(future, defaults.safe_exceptions, executor)
-        self._start("submit", fn, [(tuple(args), dict(kwargs))], "call", defaults, sink=sink)
+        sink = FutureSink(future, defaults.safe_exceptions, executor)
+        call_item = [(tuple(args), dict(kwargs))]
+        self._start("submit", fn, call_item, "call", defaults, sink, executor=executor)
         self._core.futures.add(future)
         return future
 
@@ -885,12 +486,12 @@ class RayPool(concurrent.futures.Executor):
         chunksize: int | None,
         overrides: dict[str, Any],
     ) -> Future[list[Any]]:
-        _check_chunksize(chunksize)
+        check_batch_size("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         future: Future[list[Any]] = Future()
         outputs = self._outputs(defaults, iterable, method)
         try:
-            self._start(method, fn, iterable, unpack, defaults, sink=_ListSink(future, outputs))
+            self._start(method, fn, iterable, unpack, defaults, ListSink(future, outputs))
         except BaseException:
             outputs.close()
             raise
@@ -905,21 +506,27 @@ class RayPool(concurrent.futures.Executor):
         keep_order: bool,
         overrides: dict[str, Any],
         unpack: Unpack = "none",
+        executor: bool = False,
     ) -> IMapIterator:
-        _check_chunksize(chunksize)
+        check_batch_size("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         outputs = self._outputs(defaults, iterable, method)
-        sink = _StreamSink(self._core, outputs)
+        sink = StreamSink(outputs)
         try:
             call = self._start(
-                method, fn, iterable, unpack, defaults, keep_order=keep_order, sink=sink
+                method,
+                fn,
+                iterable,
+                unpack,
+                defaults,
+                sink,
+                keep_order=keep_order,
+                executor=executor,
             )
         except BaseException:
             outputs.close()
             raise
-        sink.call = call
-        self._core.streams.add(sink)
-        return IMapIterator(sink, self._core.dispatcher(), call)
+        return IMapIterator(sink, call)
 
     # -- concurrent.futures.Executor ---------------------------------------------------------
 
@@ -1254,7 +861,7 @@ class ProcessPoolExecutor(RayPool):
         overrides = _overrides(
             None, safe_exceptions, ret_args, checkpoint, remote_options, progress
         )
-        results = self._imap("map", fn, iterable, chunksize, True, overrides, unpack)
+        results = self._imap("map", fn, iterable, chunksize, True, overrides, unpack, executor=True)
         return _until(results, deadline)
 
 

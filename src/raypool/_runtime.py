@@ -5,40 +5,45 @@
   or shut down by raypool. An ``address`` that cannot be reached fails within seconds with
   ``ClusterUnreachableError`` (``ray.init`` itself would retry for minutes) and never falls
   back to a local instance.
-* ``translate_ray_error`` maps a Ray exception raised for a whole batch to the exception
-  each of its items reports.
+* ``classify`` is the one translation of a Ray exception raised for a whole task into what
+  each of its items reports, and whether they may run again.
+* A process forked while this one was connected to Ray inherits the connection without the
+  threads behind it: ``ensure_ray`` refuses it (``ForkedProcessError``), and Ray's own exit
+  hook is taken out of it, so that its exit does not shut down the parent's connection.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import ray
 import ray.exceptions
 
+from . import _lifecycle
 from ._errors import (
     ClusterUnreachableError,
+    ForkedProcessError,
     RemoteError,
     ResultTooLargeError,
     WorkerCrashedError,
 )
 
 __all__ = [
-    "at_thread_exit",
     "check_reachable",
     "cluster_cpus",
     "ensure_ray",
-    "is_lost_task",
-    "is_too_large",
-    "translate_ray_error",
+    "job_runtime_env",
+    "TaskFailure",
+    "classify",
 ]
 
 #: Seconds to wait for a TCP connection to ``address`` before calling it unreachable.
@@ -50,6 +55,11 @@ DEFAULT_GCS_PORT = 6379
 DEFAULT_CLIENT_PORT = 10001
 
 _init_lock = threading.Lock()
+#: Ray was connected when this process was forked from its parent: the connection is the
+#: parent's, and unusable here.
+_inherited_ray = False
+#: The runtime environment raypool started Ray with, when raypool started it.
+_job_runtime_env: dict[str, Any] | None = None
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -113,8 +123,18 @@ def ensure_ray(
 
     Raises:
         ClusterUnreachableError: ``address`` cannot be reached.
+        ForkedProcessError: this process was forked from one connected to Ray.
     """
+    global _job_runtime_env
     with _init_lock:
+        if _inherited_ray:
+            raise ForkedProcessError(
+                f"raypool cannot run in this process: it was forked from process "
+                f"{_lifecycle.forked_from()} while that one was connected to Ray, and a forked "
+                "child cannot use its parent's Ray connection. Start it with the 'spawn' or "
+                "'forkserver' start method (multiprocessing.get_context('spawn'), or "
+                "mp_context= for ProcessPoolExecutor) instead of 'fork'"
+            )
         if ray.is_initialized():
             return False
         target = address or os.environ.get("RAY_ADDRESS")
@@ -142,7 +162,14 @@ def ensure_ray(
                     "~/.ray/auth_token"
                 ) from exc
             raise
+        _job_runtime_env = dict(runtime_env) if runtime_env else None
         return True
+
+
+def job_runtime_env() -> dict[str, Any] | None:
+    """The runtime environment of Ray's job when raypool started Ray (its tasks inherit
+    it), else ``None``."""
+    return _job_runtime_env
 
 
 def _refused_token(exc: BaseException) -> bool:
@@ -179,68 +206,101 @@ def cluster_cpus() -> int:
 _STORE_FULL = (ray.exceptions.ObjectStoreFullError, ray.exceptions.OutOfDiskError)
 
 
-def translate_ray_error(exc: BaseException) -> tuple[BaseException, str]:
-    """The ``(exception, traceback text)`` each item of a batch reports when ``exc`` (raised
-    by Ray for the whole batch) ended it."""
+class TaskFailure(NamedTuple):
+    """What a Ray error raised for a whole task means for its items.
+
+    Attributes:
+        error: the exception each item reports.
+        traceback: the worker-side traceback text, or ``""``.
+        lost: the task's worker process or node died: its items may run again.
+        too_large: the task ran but its result could not be stored: its items may run
+            again in smaller batches.
+    """
+
     error: BaseException
-    if is_too_large(exc):
-        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
-        error = ResultTooLargeError(
+    traceback: str
+    lost: bool
+    too_large: bool
+
+
+def classify(exc: BaseException) -> TaskFailure:
+    """The one translation of a Ray exception raised for a whole task (``ray.get`` of its
+    result) into what each of its items reports. A function's own exceptions never reach
+    here: the worker reports them per item."""
+    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    if isinstance(cause, _STORE_FULL):
+        error: BaseException = ResultTooLargeError(
             "the result could not be stored: Ray's object store is full and so is the disk "
             f"it spills to ({type(cause).__name__}: {_first_line(cause)})"
         )
         error.__cause__ = cause
-        return error, ""
+        return TaskFailure(error, "", lost=False, too_large=True)
     if isinstance(exc, ray.exceptions.RayTaskError):
-        cause = exc.cause
         tb = str(exc)
         if isinstance(cause, BaseException) and not isinstance(cause, KeyboardInterrupt):
-            return cause, tb
-        return RemoteError(type(exc).__name__, "the task failed", tb), tb
+            return TaskFailure(cause, tb, lost=False, too_large=False)
+        return TaskFailure(RemoteError(type(exc).__name__, "the task failed", tb), tb, False, False)
+    if not isinstance(exc, ray.exceptions.RayError):
+        return TaskFailure(exc, "", lost=False, too_large=False)
+    # Ray cancelled it (raypool never asks Ray to): not a death of the worker, not rerun.
+    lost = not isinstance(exc, ray.exceptions.TaskCancelledError)
     if isinstance(exc, ray.exceptions.OutOfMemoryError):
         error = WorkerCrashedError(
             "Ray's memory monitor killed the worker process running this item: its node "
             f"ran low on memory ({_first_line(exc)})"
         )
-    elif isinstance(exc, ray.exceptions.RayError):
-        error = WorkerCrashedError(f"the worker process running this item died: {exc}")
     else:
-        return exc, ""
+        error = WorkerCrashedError(f"the worker process running this item died: {exc}")
     error.__cause__ = exc
-    return error, ""
+    return TaskFailure(error, "", lost=lost, too_large=False)
 
 
 def _first_line(exc: BaseException) -> str:
     return next(iter(str(exc).strip().splitlines()), "")
 
 
-def is_lost_task(exc: BaseException) -> bool:
-    """Whether Ray raised ``exc`` because the task's worker process or node died (its items
-    may be run again), rather than for what the task did."""
-    return isinstance(exc, ray.exceptions.RayError) and not isinstance(
-        exc, (ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError, *_STORE_FULL)
-    )
+def _after_fork() -> None:
+    """In a forked child: forget the parent's lock and CPU count; a Ray connection, if the
+    parent had one, is the parent's - refuse it, and detach Ray's exit machinery from it."""
+    global _init_lock, _cpus, _inherited_ray
+    _init_lock = threading.Lock()
+    _cpus = None
+    if ray.is_initialized():
+        _inherited_ray = True
+        _detach_inherited_ray()
 
 
-def is_too_large(exc: BaseException) -> bool:
-    """Whether the task ran but its result could not be stored (its items may be run again
-    in smaller batches). A function's own exceptions never reach here as the task's: the
-    worker reports them per item."""
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        return isinstance(exc.cause, _STORE_FULL)
-    return isinstance(exc, _STORE_FULL)
+def _detach_inherited_ray() -> None:
+    """Keep the exit of a child forked from a Ray driver from touching the parent's Ray.
 
+    Ray installs four things that act on its connection when the process ends, and a
+    forked child inherits them all, with the connection but without the threads that serve
+    it (each seen here, with Ray alone, no raypool):
 
-def at_thread_exit(callback: Callable[[], None]) -> None:
-    """Call ``callback`` when the main thread ends, before ``atexit`` handlers run - so
-    before the ``ray.shutdown()`` that ``ray.init`` registers there. A thread still calling
-    into Ray after that shutdown makes Ray's core worker end the process with status 1.
-    (``concurrent.futures`` stops its threads through the same hook.)"""
-    register = getattr(threading, "_register_atexit", None)
+    * ``atexit``: ``ray.shutdown()`` - it ends the parent's connection, and kills the
+      cluster processes a local ``ray.init`` started: the parent dies with them.
+    * ``sys.excepthook``: reports an uncaught exception to Ray's GCS - it hangs.
+    * the native objects behind the connection, collected at the interpreter's exit:
+      their destructors wait for threads only the parent has - a segfault. They are kept
+      alive instead (their memory goes with the process).
+    * a C ``atexit`` handler that destroys Ray's core worker - it waits forever on a lock a
+      parent thread held at the fork. The child ends with ``_exit`` (keeping its exit
+      status) once Python has finished its own exit, before C handlers run (glibc's
+      ``on_exit``; Linux, where ``fork`` is the default start method).
+    """
+    atexit.unregister(ray.shutdown)
+    worker = sys.modules.get("ray._private.worker")
+    state = sys.modules.get("ray._private.state")
+    if worker is not None and sys.excepthook is getattr(worker, "custom_excepthook", None):
+        sys.excepthook = getattr(worker, "normal_excepthook", sys.__excepthook__)
+    for native in (getattr(worker, "global_worker", None), getattr(state, "state", None)):
+        if native is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(native))
     try:
-        if register is not None:
-            register(callback)
-            return
-    except RuntimeError:  # the interpreter is already shutting down
-        return
-    atexit.register(callback)
+        libc = ctypes.CDLL(None)
+        libc.on_exit(libc._exit, None)
+    except (AttributeError, OSError):  # not glibc
+        pass
+
+
+_lifecycle.on_fork(_after_fork)

@@ -42,6 +42,7 @@ import os
 import pickle
 import re
 import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -49,24 +50,26 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from . import _lifecycle
+from ._config import Checkpoint, check_checkpoint, check_checkpoint_name
 from ._errors import CheckpointError
+from ._keys import fingerprint, item_key
 from ._serialization import dumps_value, loads_value
 
 __all__ = [
     "CACHE_DIR_ENV",
     "RAY_MAP_SUFFIX",
-    "Checkpoint",
     "CheckpointStore",
     "Recorded",
     "Row",
     "SqliteStore",
     "Summary",
-    "check_checkpoint",
     "checkpoint_dir",
     "checkpoint_file",
-    "check_name",
+    "checkpoint_path",
     "failures",
     "import_ray_map",
+    "open_checkpoint",
     "list_checkpoints",
     "remove_checkpoint",
     "summarize",
@@ -147,34 +150,68 @@ def checkpoint_dir(create: bool = True) -> str:
     return directory
 
 
-def check_name(name: str) -> str:
-    """``name`` if it is a valid checkpoint name, else a ``ValueError`` saying why."""
-    if not _NAME.fullmatch(name) or name.startswith("."):
-        raise ValueError(
-            "a checkpoint name may hold letters, digits, '.', '_' and '-' only (and may not "
-            f"start with '.'), got {name!r}; pass a pathlib.Path for a file of your choice"
-        )
-    return name
-
-
-#: What ``checkpoint=`` takes: ``True`` (a file named after the function), a name (a file
-#: in the checkpoint directory), a path, or ``None``/``False`` (no checkpoint).
-Checkpoint = bool | str | os.PathLike[str] | None
-
-
-def check_checkpoint(checkpoint: object) -> None:
-    """Raise ``TypeError``/``ValueError`` if ``checkpoint`` is not a ``Checkpoint``."""
-    if checkpoint is not None and not isinstance(checkpoint, (bool, str, os.PathLike)):
-        raise TypeError(
-            f"checkpoint must be True, a name, a path or None, got {type(checkpoint).__name__}"
-        )
-    if isinstance(checkpoint, str):
-        check_name(checkpoint)
-
-
 def checkpoint_file(name: str) -> str:
     """The file of the checkpoint called ``name`` in the checkpoint directory."""
-    return os.path.join(checkpoint_dir(), check_name(name) + SUFFIX)
+    return os.path.join(checkpoint_dir(), check_checkpoint_name(name) + SUFFIX)
+
+
+def checkpoint_path(
+    checkpoint: Checkpoint,
+    *,
+    default: Checkpoint,
+    default_path: str | os.PathLike[str] | None,
+    fn: Callable[..., Any],
+) -> str | None:
+    """The file of a call's checkpoint, or ``None`` for none.
+
+    Args:
+        checkpoint: the call's ``checkpoint=`` (``None``: as the default).
+        default: the constructor's ``checkpoint=``.
+        default_path: the constructor's ``checkpoint_path=`` (``RayMap``, as ray-map).
+        fn: the mapped function; ``checkpoint=True`` names the file after its identity
+            (``_keys.fingerprint``: module, qualified name, a hash of its code).
+    """
+    check_checkpoint(checkpoint)
+    if checkpoint is None:
+        checkpoint = default
+    if checkpoint is False or (checkpoint is None and default_path is None):
+        return None
+    if checkpoint is None:
+        return os.fspath(default_path)  # type: ignore[arg-type]
+    if checkpoint is True:
+        return checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint(fn)))
+    if isinstance(checkpoint, str):
+        return checkpoint_file(checkpoint)
+    return os.fspath(checkpoint)
+
+
+def open_checkpoint(
+    path: str, fn: Callable[..., Any], *, salt: bytes, every: int, interval: float, errors: bool
+) -> SqliteStore:
+    """The store at ``path`` for a call of ``fn`` whose items are keyed with ``salt``. A
+    ray-map checkpoint found there is converted first, with a warning.
+
+    Raises:
+        CheckpointError: see ``SqliteStore`` and ``import_ray_map``.
+    """
+    identity = fingerprint(fn)
+    imported = import_ray_map(path, lambda item: item_key(item, salt), function=identity)
+    if imported is not None:
+        warnings.warn(
+            f"converted ray-map's checkpoint {path} ({imported} results) into a raypool "
+            f"checkpoint; ray-map's file is kept as {path}{RAY_MAP_SUFFIX}",
+            stacklevel=_outside_raypool(),
+        )
+    return SqliteStore(path, every=every, interval=interval, errors=errors, function=identity)
+
+
+def _outside_raypool() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller point at the user's
+    code: the first frame outside raypool."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("raypool"):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _check_ownership(path: str, what: str) -> None:
@@ -241,6 +278,7 @@ class SqliteStore:
         self._failure: BaseException | None = None
         self._writer: threading.Thread | None = None
         self._unloadable = False
+        self._pid = os.getpid()
         _open_stores.add(self)
 
     def __repr__(self) -> str:
@@ -371,6 +409,8 @@ class SqliteStore:
                 self._cond.notify()
 
     def close(self) -> None:
+        if os.getpid() != self._pid:
+            return  # inherited by a forked child: the writer and the file are the parent's
         with self._cond:
             if self._closed:
                 return
@@ -454,7 +494,14 @@ def _close_open_stores() -> None:
             store.close()
 
 
-threading._register_atexit(_close_open_stores)  # type: ignore[attr-defined]
+def _after_fork() -> None:
+    """In a forked child: the parent's stores and their writer threads are the parent's."""
+    global _open_stores
+    _open_stores = weakref.WeakSet()
+
+
+_lifecycle.at_exit(_lifecycle.Phase.CLOSE_STORES, _close_open_stores)
+_lifecycle.on_fork(_after_fork)
 
 
 # -- opening ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from ._errors import (
     SerializationError,
     TaskTimeoutError,
 )
-from ._outcome import BatchResult, ItemError
+from ._outcome import BatchResult, ItemError, failed_batch
 from ._serialization import loads_callable
 
 __all__ = [
@@ -175,30 +175,22 @@ def run_batch(
     Returns:
         A ``BatchResult`` with one entry per item.
     """
-    size = len(items)
     with _Watchdog(cancelled) as watchdog:
         started = time.perf_counter()
         try:
             if batched:
-                outcome = _run_batched(fn, items, timeout, watchdog)
+                result = _run_batched(fn, items, timeout, watchdog)
             elif timeout is None:
-                outcome = _run_plain(_caller(fn, unpack, items), items)
+                result = _run_plain(_caller(fn, unpack, items), items)
             else:
-                outcome = _run_timed(_caller(fn, unpack, items), items, timeout, watchdog)
+                result = _run_timed(_caller(fn, unpack, items), items, timeout, watchdog)
         except _Cancelled:
-            error: ItemError = (CancelledError("the map call was cancelled"), "")
-            every = range(size)
-            outcome = [None] * size, dict.fromkeys(every, error), set(every)
+            result = failed_batch(len(items), CancelledError("the map call was cancelled"))
         seconds = time.perf_counter() - started
-    values, errors, retry = outcome
-    return BatchResult(values, errors or None, seconds, frozenset(retry) if retry else None)
+    return result._replace(seconds=seconds)
 
 
-#: ``(values, errors by position, positions to retry)`` of a batch.
-_Outcome = tuple[list[Any], dict[int, ItemError], set[int]]
-
-
-def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> _Outcome:
+def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> BatchResult:
     # The hot path for tiny items: map() runs the loop in C, and the try is entered once
     # per failure rather than once per item. extend() keeps what it appended before an
     # exception, and ``remaining`` resumes after the failed item.
@@ -208,7 +200,7 @@ def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> _Outcome:
     while True:
         try:
             values.extend(map(call, remaining))
-            return values, errors, set()
+            return BatchResult(values, errors or None, 0.0)
         except Exception as exc:
             errors[len(values)] = (exc, _format(exc))
             values.append(None)
@@ -216,7 +208,7 @@ def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> _Outcome:
 
 def _run_timed(
     call: Callable[[Any], Any], items: Sequence[Any], timeout: float, watchdog: _Watchdog
-) -> _Outcome:
+) -> BatchResult:
     values: list[Any] = []
     errors: dict[int, ItemError] = {}
     timeouts: set[int] = set()
@@ -240,14 +232,13 @@ def _run_timed(
             watchdog.deadline = None
             values.append(None)
             errors[position] = (exc, _format(exc))
-    return values, errors, timeouts
+    return BatchResult(values, errors or None, 0.0, frozenset(timeouts) or None)
 
 
 def _run_batched(
     fn: Callable[..., Any], items: Sequence[Any], timeout: float | None, watchdog: _Watchdog
-) -> _Outcome:
+) -> BatchResult:
     size = len(items)
-    every = range(size)
     started = time.monotonic()
     try:
         try:
@@ -261,18 +252,18 @@ def _run_batched(
             raise _ItemTimeout
     except _ItemTimeout as exc:
         assert timeout is not None
-        return [None] * size, dict.fromkeys(every, _timeout_error(exc, timeout)), set(every)
+        return failed_batch(size, *_timeout_error(exc, timeout))
     except Exception as exc:
-        return [None] * size, dict.fromkeys(every, (exc, _format(exc))), set()
+        return failed_batch(size, exc, _format(exc), retry=False)
     try:
         values = list(values)
     except TypeError as exc:
         error = BatchLengthError(f"a batched function must return a list, got {exc}")
-        return [None] * size, dict.fromkeys(every, (error, "")), set()
+        return failed_batch(size, error, retry=False)
     if len(values) != size:
         message = f"the batched function returned {len(values)} results for a batch of {size} items"
-        return [None] * size, dict.fromkeys(every, (BatchLengthError(message), "")), set()
-    return values, {}, set()
+        return failed_batch(size, BatchLengthError(message), retry=False)
+    return BatchResult(values, None, 0.0)
 
 
 #: ``(pool key, digest)`` -> the deserialized callable (``pool key`` is ``None`` outside a
@@ -451,9 +442,7 @@ def _execute_batch(spec: TaskSpec, items: list[Any]) -> BatchResult:
         if setup is not None:
             namespace, failure = _set_up(setup)
             if failure is not None:
-                every = range(len(items))
-                errors = dict.fromkeys(every, failure)
-                return BatchResult([None] * len(items), errors, 0.0, frozenset(every))
+                return failed_batch(len(items), *failure)
         fn = _resolve(digest, box, namespace)
         result = run_batch(
             fn,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import pickle
 import signal
@@ -12,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from helpers import (
     settled_line_count,
 )
 from raypool import RayMap
-from raypool._engine import MAX_LOOKAHEAD
+from raypool._scheduler import MAX_LOOKAHEAD
 from raypool._store import checkpoint_dir, summarize
 
 
@@ -174,11 +174,18 @@ def test_unordered_replay_returns_the_original_items(tmp_path: Path) -> None:
     assert it.statistics().items_replayed == 15
 
 
+def _endless(limit: int = 100_000) -> Iterator[int]:
+    """``itertools.count()``, as far as a test goes: reading ``limit`` items fails rather
+    than runs forever."""
+    yield from range(limit)
+    raise AssertionError(f"{limit} items were read: the input is read eagerly")
+
+
 def test_replay_reads_the_input_lazily(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.sqlite"
     RayMap(lambda x: x * 2, checkpoint_path=str(ckpt)).map(range(2000))
     rmap = RayMap(lambda x: x * 2, checkpoint_path=str(ckpt), batch_size=10, max_pending=4)
-    it = rmap.imap(itertools.count())  # endless: replay must not read it all first
+    it = rmap.imap(_endless())  # endless: replay must not read it all first
     assert [next(it) for _ in range(2100)] == [x * 2 for x in range(2100)]
     stats = it.statistics()
     it.close()

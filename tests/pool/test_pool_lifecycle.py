@@ -234,3 +234,49 @@ def test_leaving_the_interpreter_with_work_in_flight(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "leaving"
     assert "shutdown" not in proc.stderr
+
+
+_EXIT_WITH_TASKS_RUNNING = """
+import os, sys, time
+import ray, raypool
+
+address, marker = sys.argv[1:3]
+ray.init(address=address, logging_level="error")
+
+def nap(x):
+    open(f"{marker}.{x}", "w").close()
+    time.sleep(3600)
+
+pool = raypool.Pool(2)
+results = pool.map_async(nap, range(2), chunksize=1)
+while not all(os.path.exists(f"{marker}.{x}") for x in range(2)):
+    time.sleep(0.05)  # until both tasks run: the exit must cancel running tasks
+print("leaving", flush=True)
+"""
+
+
+def _cancel_keys() -> set[str]:
+    from ray.experimental import internal_kv
+
+    keys = internal_kv._internal_kv_list("cancel:", namespace="raypool")
+    return {key.decode() if isinstance(key, bytes) else key for key in keys}
+
+
+def test_a_driver_leaving_with_tasks_running_leaves_no_cancel_key(tmp_path: Path) -> None:
+    """The exit cancels the pool's running tasks through a flag in Ray's key-value store;
+    the flag is deleted before Ray shuts down, so a cluster that outlives the driver keeps
+    none."""
+    import ray
+
+    before = _cancel_keys()
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_TASKS_RUNNING, address, str(tmp_path / "running")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "leaving"
+    assert wait_until_idle()  # Ray ended the driver's tasks
+    assert _cancel_keys() - before == set()

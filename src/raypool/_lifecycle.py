@@ -1,0 +1,130 @@
+"""raypool's process lifecycle: what runs when the interpreter exits, and after a fork.
+
+This module imports no Ray. Modules that hold process-wide state register with it, once,
+at import; it owns the two hooks raypool installs in the interpreter:
+
+* **Exit** - one hook, registered with ``threading._register_atexit``: it runs when the main
+  thread ends, before ``atexit`` handlers, so before the ``ray.shutdown()`` that
+  ``ray.init`` registers there (a thread still calling into Ray after that shutdown makes
+  Ray end the process with status 1; ``concurrent.futures`` stops its threads through the
+  same hook). It runs the registered callbacks phase by phase, in ``Phase`` order, never
+  depending on which module was imported first:
+
+  ================  ==========================================  ========================
+  phase             what                                        registered by
+  ================  ==========================================  ========================
+  ``CANCEL_CALLS``  every pool's calls, and engine iterators     ``_dispatch``,
+                    still open, are cancelled: cancel flags go    ``_engine``
+                    up for their tasks still running
+  ``STOP_THREADS``  the pools' dispatcher threads end            ``_dispatch``
+  ``CLOSE_STORES``  checkpoints commit what finished, close     ``_store``
+  ``FORGET_KEYS``   the cancel flags raised so far - also in    ``_cancel``
+                    the phases above - are deleted from Ray's
+                    key-value store
+  ================  ==========================================  ========================
+
+* **Fork** - ``os.register_at_fork(after_in_child=...)``. A child forked from a raypool
+  process (``multiprocessing``'s ``fork`` start method, ``os.fork()``) inherits raypool's
+  objects and Ray's client connections, but none of the threads behind them; if it touches
+  Ray it hangs and breaks the parent's connection. So in the child every registered reset
+  runs (each module forgets the parent's dispatchers, stores, cancel keys and Ray
+  connection), and the exit hook does nothing for what the parent left: it runs only in
+  the process that last reset it. ``_runtime`` refuses to use a Ray connection inherited
+  this way, with an error that names the ``spawn``/``forkserver`` start methods.
+
+Threads and locks of raypool, per process (who touches what):
+
+=========================  ====================================================================
+thread                     touches
+=========================  ====================================================================
+caller threads             a pool's core under its lock (state, the start of a call); the
+                           dispatcher's event queue; an ``imap`` sink under its condition;
+                           engine iterators (``MapIterator``) they consume, and nothing else
+dispatcher (one per pool)  every ``MapRun`` of its pool, their backends and stores' queues;
+                           sinks under their condition; futures (``set_result``)
+Ray's callback threads     only the dispatcher's event queue (``ObjectRef.future`` callbacks)
+store writer (one/store)   its SQLite connection; the store's pending rows under its condition
+main thread at exit        this module's hook, then each phase's callbacks as listed above
+=========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+__all__ = ["Phase", "at_exit", "forked_from", "on_fork"]
+
+logger = logging.getLogger("raypool")
+
+
+class Phase(enum.IntEnum):
+    """The phases of raypool's exit, in the order they run."""
+
+    CANCEL_CALLS = 1
+    STOP_THREADS = 2
+    CLOSE_STORES = 3
+    FORGET_KEYS = 4
+
+
+_exit_callbacks: list[tuple[Phase, int, Callable[[], None]]] = []
+_fork_callbacks: list[Callable[[], None]] = []
+#: The process whose exit the hook serves: the importing one, or the child after a fork.
+_pid = os.getpid()
+#: The pid of the process this one was forked from after raypool was imported, or ``None``.
+_parent_pid: int | None = None
+
+
+def at_exit(phase: Phase, callback: Callable[[], None]) -> None:
+    """Run ``callback`` at exit in ``phase`` (within a phase, in the order registered).
+
+    Call it once per callback, at import: a callback acts on its module's state, which
+    ``on_fork`` resets in a forked child.
+    """
+    _exit_callbacks.append((phase, len(_exit_callbacks), callback))
+    _exit_callbacks.sort(key=lambda entry: entry[:2])
+
+
+def on_fork(reset: Callable[[], None]) -> None:
+    """Run ``reset`` in a child process right after a fork: it must drop the parent's
+    state (threads, locks, Ray objects) without calling into Ray or waiting on a lock."""
+    _fork_callbacks.append(reset)
+
+
+def forked_from() -> int | None:
+    """The pid of the process this one was forked from (after raypool was imported), or
+    ``None`` if it was not."""
+    return _parent_pid
+
+
+def _run_exit_hooks() -> None:
+    if os.getpid() != _pid:
+        return  # inherited through a fork that bypassed os.register_at_fork
+    for phase, _, callback in list(_exit_callbacks):
+        try:
+            callback()
+        except Exception:  # one failing phase must not keep the others from running
+            logger.exception("raypool: exit phase %s failed", phase.name)
+
+
+def _after_fork_in_child() -> None:
+    global _pid, _parent_pid
+    _parent_pid, _pid = _pid, os.getpid()
+    for reset in _fork_callbacks:
+        reset()
+
+
+def _install() -> None:
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_run_exit_hooks)
+    else:  # not CPython: the hook then runs among the atexit handlers
+        atexit.register(_run_exit_hooks)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_install()

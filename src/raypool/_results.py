@@ -1,0 +1,442 @@
+"""What a pool call's outputs go to (sinks), and what the caller holds (result handles).
+
+A sink receives one call's finished batches in the dispatcher thread (``_dispatch.Sink``)
+and must never block there:
+
+=================  ==============================================  ======================
+sink               call                                            the caller holds
+=================  ==============================================  ======================
+``FutureSink``     ``submit``, ``apply``, ``apply_async``          a ``Future``, an
+                                                                   ``AsyncResult``
+``ListSink``       ``map``, ``starmap``, their ``_async``          ``MapResult`` / a list
+``StreamSink``     ``imap``, ``imap_unordered``, ``Executor.map``  ``IMapIterator``
+=================  ==============================================  ======================
+
+``AsyncResult`` and ``IMapIterator`` keep ``multiprocessing``'s behaviour: ``get(timeout)``
+raises ``multiprocessing.TimeoutError``; an ``imap`` iterator raises an item's exception at
+that item and can go on after it, and its ``next()`` may be called from several threads.
+Outputs are shaped by ``_outcome.output``/``outputs``, as the engine's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceback
+from typing import Any, Generic, TypeVar
+
+from ._dispatch import Call
+from ._errors import RemoteTraceback
+from ._outcome import ItemError, output, outputs
+
+__all__ = [
+    "STREAM_BATCHES",
+    "AsyncResult",
+    "FutureSink",
+    "IMapIterator",
+    "ListSink",
+    "MapResult",
+    "Outputs",
+    "StreamSink",
+    "settle",
+]
+
+logger = logging.getLogger("raypool")
+
+R = TypeVar("R")
+
+#: Finished batches an ``imap`` iterator holds for its reader before the call stops
+#: reading input (the engine's window then bounds the rest). More smooths a bursty reader;
+#: each batch held is memory.
+STREAM_BATCHES = 2
+
+#: A finished batch as a sink receives it: ``(items, values, errors)``.
+Batch = tuple[list[Any] | None, list[Any], dict[int, ItemError] | None]
+
+
+def settle(future: Future[Any], error: BaseException) -> None:
+    """End ``future`` with ``error``; a cancellation of a future not yet running cancels it."""
+    if isinstance(error, CancelledError) and future.cancel():
+        return
+    # Already done or cancelled meanwhile is fine; checking first would race.
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(error)
+
+
+class Outputs:
+    """How a map-family call's outputs are shaped, and its progress bar (if any)."""
+
+    def __init__(self, *, safe_exceptions: bool, ret_args: bool, progress: Any = None) -> None:
+        self.safe = safe_exceptions
+        self.ret_args = ret_args
+        self.progress = progress
+
+    @classmethod
+    def with_progress(
+        cls, *, safe_exceptions: bool, ret_args: bool, total: int | None, description: str
+    ) -> Outputs:
+        """``Outputs`` that show a progress bar on stderr (needs ``tqdm``)."""
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError(
+                "progress=True needs the tqdm package: pip install 'raypool[progress]'"
+            ) from None
+        bar = tqdm(total=total, desc=description, unit="item", file=sys.stderr)
+        return cls(safe_exceptions=safe_exceptions, ret_args=ret_args, progress=bar)
+
+    def count(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+# -- sinks: where a call's outputs go ------------------------------------------------------------
+
+
+class FutureSink:
+    """One call with one item (``submit``, ``apply_async``): its outcome sets a Future.
+
+    For ``submit`` (``executor=True``) the worker traceback is attached as
+    ``concurrent.futures`` attaches it, for ``apply_async`` as ``multiprocessing`` does.
+    """
+
+    stream = False
+
+    def __init__(self, future: Future[Any], safe_exceptions: bool, executor: bool) -> None:
+        self.future = future
+        self._safe = safe_exceptions
+        self._executor = executor
+
+    def begin(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def room(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def put(
+        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
+    ) -> bool:
+        if errors and self._executor:
+            exc = errors[0][0]
+            if isinstance(exc.__cause__, RemoteTraceback):
+                # typeshed says a traceback object; it is the formatted text
+                exc.__cause__ = _ExecutorRemoteTraceback(str(exc.__cause__))  # type: ignore[arg-type]
+        # Ended by terminate() meanwhile is fine; checking first would race.
+        with contextlib.suppress(InvalidStateError):
+            if errors and not self._safe:
+                self.future.set_exception(errors[0][0])
+            else:
+                self.future.set_result(
+                    output(items, values, errors, 0, safe_exceptions=True, ret_args=False)
+                )
+        return True
+
+    def end(self, error: BaseException | None) -> None:
+        if error is not None:
+            settle(self.future, error)
+
+
+class ListSink:
+    """A map-family call collected into one list (``map``, ``starmap``, their ``_async``).
+
+    Unless ``safe_exceptions``, the first failed item in input order fails the call - once
+    every item has finished, as the stdlib's ``map`` does (CPython issue #23992).
+    """
+
+    stream = False
+
+    def __init__(self, future: Future[list[Any]], outputs: Outputs) -> None:
+        self.future = future
+        self._outputs = outputs
+        self._values: list[Any] = []
+        self._error: BaseException | None = None
+
+    def begin(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def room(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def put(
+        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
+    ) -> bool:
+        shape = self._outputs
+        shape.count(len(values))
+        if self._error is not None:
+            return True
+        if errors and not shape.safe:
+            self._error = errors[min(errors)][0]
+            self._values.clear()
+            return True
+        self._values.extend(
+            outputs(items, values, errors, safe_exceptions=True, ret_args=shape.ret_args)
+        )
+        return True
+
+    def end(self, error: BaseException | None) -> None:
+        self._outputs.close()
+        error = self._error or error
+        if error is not None:
+            settle(self.future, error)
+            return
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_result(self._values)
+
+
+class StreamSink:
+    """The buffer between a call and its ``IMapIterator``: back-pressure on the call,
+    blocking (or awaiting) reads for the iterator."""
+
+    stream = True
+
+    def __init__(self, outputs: Outputs) -> None:
+        self.outputs = outputs
+        self.cond = threading.Condition()
+        self.batches: deque[Batch] = deque()
+        self.done = False
+        self.error: BaseException | None = None
+        self._bounded = True
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def begin(self) -> bool:
+        return True
+
+    def room(self) -> bool:
+        return len(self.batches) < STREAM_BATCHES or not self._bounded
+
+    def release(self) -> None:
+        # As the stdlib's imap, which buffers everything: nothing may stall join().
+        self._bounded = False
+
+    def put(
+        self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
+    ) -> bool:
+        with self.cond:
+            self.batches.append((items, values, errors))
+            self._notify()
+        self.outputs.count(len(values))
+        return True
+
+    def end(self, error: BaseException | None) -> None:
+        self.outputs.close()
+        with self.cond:
+            self.done = True
+            self.error = error
+            self._notify()
+
+    def wait_async(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
+        """A future set when there is something to read, or ``None`` if there is now."""
+        with self.cond:
+            if self.batches or self.done:
+                return None
+            waiter = loop.create_future()
+            self._waiters.append((loop, waiter))
+            return waiter
+
+    def _notify(self) -> None:
+        self.cond.notify_all()
+        for loop, waiter in self._waiters:
+            with contextlib.suppress(RuntimeError):  # that event loop is closed
+                loop.call_soon_threadsafe(_release, waiter)
+        self._waiters.clear()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# -- what the caller holds ---------------------------------------------------------------------
+
+
+class AsyncResult(Generic[R]):
+    """The result of ``apply_async``/``map_async``/``starmap_async``, as in ``multiprocessing``.
+
+    ``callback``/``error_callback`` run in the driver, in the pool's dispatcher thread,
+    before ``ready()`` turns true; an exception they raise is logged, not lost silently.
+    """
+
+    def __init__(
+        self,
+        future: Future[R],
+        callback: Callable[[R], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._future = future
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[R]) -> None:
+        try:
+            if future.cancelled():
+                error: BaseException | None = CancelledError("the pool was terminated")
+            else:
+                error = future.exception()
+            if error is None:
+                if self._callback is not None:
+                    self._callback(future.result())
+            elif self._error_callback is not None:
+                self._error_callback(error)
+        except Exception:
+            logger.exception("raypool: a callback of %r raised", self)
+        finally:
+            self._event.set()
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return not self._future.cancelled() and self._future.exception() is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is available or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> R:
+        """The result, or the exception the call raised, raised here.
+
+        Raises:
+            multiprocessing.TimeoutError: the result is not ready within ``timeout``.
+            concurrent.futures.CancelledError: the pool was terminated first.
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise multiprocessing.TimeoutError
+        return self._future.result()
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready() else "pending"
+        return f"<{type(self).__name__} {state}>"
+
+
+class MapResult(AsyncResult[list[R]]):
+    """The result of ``map_async``/``starmap_async``: a list in input order."""
+
+
+class IMapIterator(Iterator[Any]):
+    """The iterator of ``imap``/``imap_unordered``, as in ``multiprocessing``.
+
+    ``next(timeout)`` raises ``multiprocessing.TimeoutError`` when no result arrives in
+    time. An item's exception is raised when iteration reaches it (unless
+    ``safe_exceptions``), and iteration can go on after it. Several threads may call
+    ``next()`` at once: each result goes to one of them. It is also an async iterator:
+    ``async for`` waits without blocking the event loop.
+
+    Closing it (``close()``, dropping it, or leaving the pool's ``with`` block) cancels the
+    call's work still in flight.
+    """
+
+    def __init__(self, sink: StreamSink, call: Call) -> None:
+        self._sink = sink
+        self._call = call
+        # The batch being read, and where: guarded by the sink's condition.
+        self._batch: Batch = (None, [], None)
+        self._position = 0
+        self._finished = False
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result; ``timeout`` in seconds, as ``multiprocessing``'s ``next``."""
+        sink = self._sink
+        with sink.cond:
+            if self._position >= len(self._batch[1]):
+                if not sink.cond.wait_for(lambda: sink.batches or sink.done, timeout):
+                    raise multiprocessing.TimeoutError
+                self._take()
+            return self._output()
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def _output(self) -> Any:
+        # Called with the sink's lock held and an item to read.
+        position = self._position
+        self._position = position + 1
+        items, values, errors = self._batch
+        outputs = self._sink.outputs
+        return output(
+            items, values, errors, position, safe_exceptions=outputs.safe, ret_args=outputs.ret_args
+        )
+
+    def _take(self) -> None:
+        # Called with the sink's lock held and something to read.
+        sink = self._sink
+        if sink.batches:
+            self._batch = sink.batches.popleft()
+            self._position = 0
+            self._call.dispatcher.wake(self._call)
+            return
+        self._finished = True
+        self._batch = (None, [], None)
+        error, sink.error = sink.error, None
+        if error is not None:
+            raise error
+        raise StopIteration
+
+    def __aiter__(self) -> IMapIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        sink = self._sink
+        while True:
+            with sink.cond:
+                if self._position < len(self._batch[1]):
+                    return self._output()
+                if sink.batches or sink.done:
+                    try:
+                        self._take()
+                    except StopIteration:
+                        raise StopAsyncIteration from None
+                    return self._output()
+            waiter = sink.wait_async(loop)
+            if waiter is None:
+                continue
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Stop the call: its work in flight is cancelled."""
+        if not self._finished:
+            self._finished = True
+            self._call.dispatcher.cancel(self._call)
+
+    async def aclose(self) -> None:
+        """``close()`` for ``async for`` users."""
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,134 @@
+"""A process forked from a raypool driver never touches Ray; raypool in it is a clear error.
+
+Each scenario is a driver subprocess connected to the session's Ray, with a hard time bound:
+before the fix, the stdlib's fork-based pools hung in ``join()`` and broke the driver's Ray
+connection.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_PRELUDE = """
+import concurrent.futures, multiprocessing, os, sys
+import ray, raypool
+
+ray.init(address=sys.argv[1], logging_level="error")
+
+def sq(x):
+    return x * x
+
+def use_raypool(_=None):
+    try:
+        raypool.Pool(1).map(sq, [1])
+    except raypool.ForkedProcessError as exc:
+        return f"refused: {exc}"
+    return "used"
+"""
+
+_STDLIB_POOLS = """
+fork = multiprocessing.get_context("fork")
+q = fork.Pool(2)
+print("mp.Pool", q.map(sq, range(5)), flush=True)
+print("in a worker", q.apply(use_raypool), flush=True)
+q.close()
+q.join()
+with concurrent.futures.ProcessPoolExecutor(2, mp_context=fork) as ex:
+    print("PPE", list(ex.map(sq, range(5))), flush=True)
+pid = os.fork()
+if pid == 0:
+    print("child", use_raypool(), flush=True)
+    sys.exit(0)  # a normal exit: the interpreter's exit hooks run in the child
+_, status = os.waitpid(pid, 0)
+print("os.fork child exit", os.waitstatus_to_exitcode(status), flush=True)
+with raypool.Pool(2) as p:
+    print("raypool after", p.map(sq, range(5)), flush=True)
+"""
+
+SCENARIOS = {
+    "pool-early-exit": """
+with raypool.Pool(2) as p:
+    it = p.imap(sq, range(100_000))
+    next(it)
+""",
+    "pool-finished-map": """
+with raypool.Pool(2) as p:
+    p.map(sq, range(1000))
+""",
+    "pool-still-open": """
+p = raypool.Pool(2)
+it = p.imap(sq, range(100_000))
+next(it)
+""",
+    "engine-early-exit": """
+it = raypool.RayMap(sq).imap(range(100_000))
+next(it)
+it.close()
+""",
+    "engine-still-open": """
+it = raypool.RayMap(sq).imap(range(100_000))
+next(it)
+""",
+}
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    return subprocess.run(
+        [sys.executable, "-c", code, address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_fork_children_never_touch_ray(scenario: str) -> None:
+    code = textwrap.dedent(_PRELUDE) + SCENARIOS[scenario] + _STDLIB_POOLS
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "mp.Pool [0, 1, 4, 9, 16]" in out
+    assert "PPE [0, 1, 4, 9, 16]" in out
+    assert "os.fork child exit 0" in out
+    assert "raypool after [0, 1, 4, 9, 16]" in out
+    for where in ("in a worker", "child"):
+        assert f"{where} refused: " in out, out
+    assert "start method" in out
+    assert "spawn" in out
+    for sign in ("RaySystemError", "authority", "Traceback", "Exception ignored"):
+        assert sign not in proc.stderr, proc.stderr
+
+
+def test_a_child_forked_before_ray_started_may_use_raypool() -> None:
+    """Only an inherited Ray connection is refused: a child forked before the parent used
+    Ray starts or connects to its own."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        import raypool
+
+        def sq(x):
+            return x * x
+
+        pid = os.fork()
+        if pid == 0:
+            import ray
+            ray.init(address=sys.argv[1], logging_level="error")
+            with raypool.Pool(1) as p:
+                print("child", p.map(sq, range(3)), flush=True)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("exit", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "child [0, 1, 4]" in proc.stdout
+    assert "exit 0" in proc.stdout
