@@ -60,6 +60,44 @@ def log_call_square(path: str, x: int) -> int:
     return log_call(path, x) * x
 
 
+def log_then_hang(path: str, x: Any, seconds: float = 3600) -> Any:
+    """``log_call`` (the test sees the item has started), then sleeps ``seconds``: until
+    cancelled, as far as a test is concerned."""
+    log_call(path, x)
+    time.sleep(seconds)
+    return x
+
+
+def wait_for_path(path: str | Path, timeout: float = 60.0) -> bool:
+    """Whether ``path`` exists within ``timeout`` seconds (checked every 10 ms)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def wait_for_lines(path: str | Path, count: int, timeout: float = 60.0) -> bool:
+    """Whether ``path`` has at least ``count`` lines within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while count_lines(path) < count:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def square_when_released(marks: str, x: int, timeout: float = 20.0) -> int:
+    """Logs ``x`` to ``marks/started``, then waits for the test to create ``marks/release``
+    and returns ``x * x``; raises ``RuntimeError`` if no release comes within ``timeout``
+    seconds."""
+    log_call(os.path.join(marks, "started"), x)
+    if not wait_for_path(os.path.join(marks, "release"), timeout):
+        raise RuntimeError(f"item {x} was never released")
+    return x * x
+
+
 def driver_past(code: str, args: list[str], count: int) -> subprocess.Popen[str]:
     """A driver process running ``code`` (with ``args``, after the session's Ray address),
     once it has printed a line ``>= count``: its results are flowing."""

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
+from pathlib import Path
 
 import pytest
 
-from helpers import fail_on, square, wait_until_idle
+from helpers import (
+    count_lines,
+    fail_on,
+    log_then_hang,
+    square,
+    square_when_released,
+    wait_until_idle,
+)
 from raypool import RayMap
+
+
+async def _until_lines(path: Path, count: int, timeout: float = 60.0) -> None:
+    """Returns once ``path`` has ``count`` lines, polling from the event loop."""
+    deadline = time.monotonic() + timeout
+    while count_lines(path) < count:
+        assert time.monotonic() < deadline, f"{path.name} never reached {count} lines"
+        await asyncio.sleep(0.01)
 
 
 def test_map_async_and_imap_async_results() -> None:
@@ -23,36 +39,35 @@ def test_map_async_and_imap_async_results() -> None:
     assert mapped == streamed == [x * x for x in range(30)]
 
 
-def test_event_loop_keeps_running_while_waiting() -> None:
-    def slow(x: int) -> int:
-        time.sleep(0.5)
-        return x
+def test_event_loop_keeps_running_while_waiting(tmp_path: Path) -> None:
+    # The items wait for a file that only a task on this loop creates, once it sees them
+    # running: the map can only finish if the loop ran while it was awaited.
+    released_while_awaiting = False
 
-    async def main() -> tuple[list[int], int]:
-        ticks = 0
-        stop = False
+    async def main() -> list[int]:
+        nonlocal released_while_awaiting
+        done = False
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while not stop:
-                ticks += 1
-                await asyncio.sleep(0.01)
+        async def releaser() -> None:
+            nonlocal released_while_awaiting
+            await _until_lines(tmp_path / "started", 1)
+            released_while_awaiting = not done
+            (tmp_path / "release").touch()
 
-        task = asyncio.create_task(ticker())
-        out = await RayMap(slow, batch_size=1).map_async(range(4))
-        stop = True
+        task = asyncio.create_task(releaser())
+        fn = functools.partial(square_when_released, str(tmp_path))
+        out = await RayMap(fn, batch_size=1).map_async(range(4))
+        done = True
         await task
-        return out, ticks
+        return out
 
-    out, ticks = asyncio.run(main())
-    assert out == [0, 1, 2, 3]
-    assert ticks >= 50  # about 1 s of waiting, 10 ms per tick: the loop was free
+    assert asyncio.run(main()) == [0, 1, 4, 9]
+    assert released_while_awaiting
 
 
-def test_cancelling_the_consumer_cancels_the_work() -> None:
-    def hang(x: int) -> int:
-        time.sleep(3600)
-        return x
+def test_cancelling_the_consumer_cancels_the_work(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    hang = functools.partial(log_then_hang, str(started))
 
     async def main() -> None:
         async def consume() -> None:
@@ -60,9 +75,9 @@ def test_cancelling_the_consumer_cancels_the_work() -> None:
                 pass
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(2)
+        await _until_lines(started, 2)  # both CPUs run an item that never ends
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())

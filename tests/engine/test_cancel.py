@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from ray.experimental import internal_kv
 
+from raypool import _cancel
 from raypool._cancel import NAMESPACE, CancelWatcher, forget_when_done, new_key, raise_flag
 
 
-def _wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -18,12 +24,36 @@ def _wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyp
     return False
 
 
-def test_watcher_sees_the_flag_of_its_key_only() -> None:
-    watcher = CancelWatcher()
+@pytest.fixture
+def polls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times the watchers of this process have read each key's flag.
+
+    A watcher reads a key, then acts on what it read, then waits before its next read: once
+    a key has been read twice, what the watcher made of the first read is settled.
+    """
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+    read = _cancel._is_raised
+
+    def counted(key: str) -> bool:
+        raised = read(key)
+        with lock:
+            counts[key] += 1
+        return raised
+
+    monkeypatch.setattr(_cancel, "_is_raised", counted)
+    return counts
+
+
+def test_watcher_sees_the_flag_of_its_key_only(polls: Counter[str]) -> None:
+    watcher, control = CancelWatcher(), CancelWatcher()
     key, other = new_key(), new_key()
-    watcher.begin(other)
     assert raise_flag(key)
-    time.sleep(1.0)
+    watcher.begin(other)
+    control.begin(key)  # the positive control: the same timing, the raised key
+    assert _wait_for(control.cancelled.is_set)
+    control.end()
+    assert _wait_for(lambda: polls[other] >= 2)  # it read its own flag since it was raised
     assert not watcher.cancelled.is_set()  # another call's flag
     watcher.end()
     watcher.begin(key)
@@ -36,11 +66,11 @@ def test_watcher_sees_the_flag_of_its_key_only() -> None:
     forget_when_done(key, [])
 
 
-def test_flag_raised_while_a_batch_runs_is_seen() -> None:
+def test_flag_raised_while_a_batch_runs_is_seen(polls: Counter[str]) -> None:
     watcher = CancelWatcher()
     key = new_key()
     watcher.begin(key)
-    time.sleep(0.2)
+    assert _wait_for(lambda: polls[key] >= 2)  # the batch has run past reads of no flag
     assert not watcher.cancelled.is_set()
     raise_flag(key)
     assert _wait_for(watcher.cancelled.is_set)
@@ -48,19 +78,33 @@ def test_flag_raised_while_a_batch_runs_is_seen() -> None:
     forget_when_done(key, [])
 
 
-def test_keys_are_deleted_once_the_tasks_end_when_calls_go_on() -> None:
+def test_keys_are_deleted_once_the_tasks_end_when_calls_go_on(tmp_path: Path) -> None:
     import ray
 
+    release = str(tmp_path / "release")
+
     @ray.remote
-    def nap() -> None:
-        time.sleep(1.0)
+    def held() -> bool:
+        """Runs until the test creates ``release`` (at most a minute)."""
+        import os
+
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     key = new_key()
     raise_flag(key)
-    refs = [nap.remote() for _ in range(2)]
-    forget_when_done(key, refs)
-    assert internal_kv._internal_kv_get(key, namespace=NAMESPACE) is not None
-    ray.get(refs)
+    refs = [held.remote() for _ in range(2)]
+    try:
+        forget_when_done(key, refs)
+        # its tasks are still running: the key stays
+        assert internal_kv._internal_kv_get(key, namespace=NAMESPACE) is not None
+    finally:
+        Path(release).touch()
+    assert ray.get(refs) == [True, True]
     # No thread of raypool's deletes it: the next call that starts does (at most every
     # POLL_SECONDS), so the key is gone once its tasks ended and calls go on.
     assert _wait_for(

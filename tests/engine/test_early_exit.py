@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
-from helpers import wait_until_idle
+from helpers import log_then_hang, wait_for_lines, wait_until_idle
 from raypool import RayMap
 
 
@@ -18,23 +20,38 @@ def first_fast_then_hang(x: int) -> int:
     return x
 
 
-def test_break_cancels_in_flight_tasks() -> None:
-    for value in RayMap(first_fast_then_hang, batch_size=1, max_pending=4).imap(range(10)):
+def first_once_another_runs(started: str, x: int) -> int:
+    """Item 0 returns once another item has started; the others log, then sleep an hour."""
+    if x == 0:
+        if not wait_for_lines(started, 1):
+            raise RuntimeError("no other item started")
+        return 0
+    return log_then_hang(started, x)
+
+
+def _in_flight(tmp_path: Path) -> RayMap[int]:
+    """A map whose first result comes while another item runs (and would for an hour)."""
+    fn = functools.partial(first_once_another_runs, str(tmp_path / "started"))
+    return RayMap(fn, batch_size=1, max_pending=4)
+
+
+def test_break_cancels_in_flight_tasks(tmp_path: Path) -> None:
+    for value in _in_flight(tmp_path).imap(range(10)):
         assert value == 0
         break
     assert wait_until_idle()
 
 
-def test_close_cancels_in_flight_tasks() -> None:
-    it = RayMap(first_fast_then_hang, batch_size=1, max_pending=4).imap(range(10))
+def test_close_cancels_in_flight_tasks(tmp_path: Path) -> None:
+    it = _in_flight(tmp_path).imap(range(10))
     assert next(it) == 0
     it.close()
     assert it.statistics().batches_in_flight == 0
     assert wait_until_idle()
 
 
-def test_dropping_the_iterator_cancels_in_flight_tasks() -> None:
-    it = RayMap(first_fast_then_hang, batch_size=1, max_pending=4).imap(range(10))
+def test_dropping_the_iterator_cancels_in_flight_tasks(tmp_path: Path) -> None:
+    it = _in_flight(tmp_path).imap(range(10))
     assert next(it) == 0
     del it
     gc.collect()

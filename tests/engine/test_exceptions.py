@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,11 @@ from helpers import (
     NeedsTwoArgs,
     Unpicklable,
     fail_on,
+    log_then_hang,
     raise_needs_two,
     raise_unpicklable,
+    wait_for_lines,
+    wait_for_path,
     wait_until_idle,
 )
 from raypool import RayMap, RemoteError, RemoteTraceback, SerializationError
@@ -28,18 +32,28 @@ def test_error_keeps_type_message_and_remote_traceback() -> None:
     assert "raise ValueError" in str(cause)
 
 
-def test_ordered_mode_raises_the_first_error_in_input_order() -> None:
-    def two_errors(x: int) -> int:
-        if x == 2:
-            time.sleep(1.0)
-            raise KeyError("late but first")
-        if x == 6:
-            raise IndexError("early but second")
-        return x
+def two_errors(failed: str, x: int) -> int:
+    """Item 6 fails at once; item 2 fails later: half a second after item 6 failed."""
+    if x == 2:
+        if not wait_for_path(failed):
+            raise RuntimeError("item 6 never ran")
+        time.sleep(0.5)
+        raise KeyError("late but first")
+    if x == 6:
+        Path(failed).touch()
+        raise IndexError("early but second")
+    return x
 
+
+def test_ordered_mode_raises_the_first_error_in_input_order(tmp_path: Path) -> None:
+    # The positive control: raised on arrival, item 6's error comes first.
+    control = functools.partial(two_errors, str(tmp_path / "control"))
+    with pytest.raises(IndexError, match="early but second"):
+        RayMap(control, batch_size=1).map(range(10), keep_order=False)
     got = []
+    fn = functools.partial(two_errors, str(tmp_path / "failed"))
     with pytest.raises(KeyError, match="late but first"):
-        for value in RayMap(two_errors, batch_size=1).imap(range(10)):
+        for value in RayMap(fn, batch_size=1).imap(range(10)):
             got.append(value)
     assert got == [0, 1]
 
@@ -47,7 +61,7 @@ def test_ordered_mode_raises_the_first_error_in_input_order() -> None:
 def test_unordered_mode_raises_on_arrival() -> None:
     def two_errors(x: int) -> int:
         if x == 0:
-            time.sleep(2.0)
+            time.sleep(60)  # until the call ends and cancels it
             raise KeyError("slow")
         if x == 1:
             raise IndexError("fast")
@@ -101,12 +115,15 @@ def test_on_error_sees_each_failed_item() -> None:
     assert all(isinstance(exc, ValueError) for _, exc in seen)
 
 
-def test_first_error_cancels_the_rest() -> None:
+def test_first_error_cancels_the_rest(tmp_path: Path) -> None:
+    started = str(tmp_path / "started")
+
     def slow_or_fail(x: int) -> int:
-        if x == 0:
+        if x == 0:  # fails once another item is running (and would run for an hour)
+            if not wait_for_lines(started, 1):
+                raise RuntimeError("no other item started")
             raise ValueError("first")
-        time.sleep(3600)
-        return x
+        return log_then_hang(started, x)
 
     with pytest.raises(ValueError, match="first"):
         RayMap(slow_or_fail, batch_size=1, max_pending=4).map(range(20))

@@ -10,13 +10,20 @@ from raypool import RayMap
 
 
 class Counted:
-    """An endless generator that counts how many items were pulled from it."""
+    """An endless generator that counts how many items were pulled from it.
 
-    def __init__(self) -> None:
+    Endless as far as the tests go: it raises once ``limit`` items were pulled, so that a map
+    reading its input eagerly fails instead of running forever.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
         self.pulled = 0
+        self.limit = limit
 
     def __iter__(self) -> Iterator[int]:
         for i in itertools.count():
+            if i == self.limit:
+                raise AssertionError(f"{self.limit} items were read: the input is read eagerly")
             self.pulled += 1
             yield i
 

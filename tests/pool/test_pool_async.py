@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import raypool
-from helpers import fail_on, square
+from helpers import count_lines, fail_on, log_then_hang, square_when_released
 
 
 def nap(x: float) -> float:
@@ -16,48 +20,59 @@ def nap(x: float) -> float:
     return x
 
 
-async def _ticks_while(awaitable: object) -> tuple[object, int]:
-    ticks = 0
-    stop = asyncio.Event()
+async def _until_lines(path: Path, count: int, timeout: float = 60.0) -> None:
+    """Returns once ``path`` has ``count`` lines, polling from the event loop."""
+    deadline = time.monotonic() + timeout
+    while count_lines(path) < count:
+        assert time.monotonic() < deadline, f"{path.name} never reached {count} lines"
+        await asyncio.sleep(0.01)
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.01)
 
-    task = asyncio.create_task(ticker())
+async def _released_by_the_loop(marks: Path, awaitable: Awaitable[Any]) -> Any:
+    """Awaits ``awaitable``: work of ``square_when_released(marks, ...)``, which waits for
+    ``marks/release``. A task on this loop creates that file once the work has started, so
+    the work can only finish - and the await return - if the loop ran while it was awaited;
+    had it been blocked, the items fail with "never released"."""
+    done = False
+
+    async def releaser() -> bool:
+        await _until_lines(marks / "started", 1)
+        (marks / "release").touch()
+        return not done
+
+    task = asyncio.create_task(releaser())
     try:
-        return await awaitable, ticks  # type: ignore[misc]
+        value = await awaitable
+        done = True
+        assert await task  # the release came while the await was pending
+        return value
     finally:
-        stop.set()
-        await task
+        task.cancel()
 
 
-def test_await_a_submitted_future() -> None:
+def test_await_a_submitted_future(tmp_path: Path) -> None:
     with raypool.Pool() as pool:
 
-        async def main() -> tuple[object, int]:
-            return await _ticks_while(asyncio.wrap_future(pool.submit(nap, 0.5)))
+        async def main() -> object:
+            future = pool.submit(square_when_released, str(tmp_path), 7)
+            return await _released_by_the_loop(tmp_path, asyncio.wrap_future(future))
 
-        value, ticks = asyncio.run(main())
-    assert value == 0.5
-    assert ticks > 1  # the loop ran while the task did
+        assert asyncio.run(main()) == 49
 
 
-def test_async_for_over_imap() -> None:
+def test_async_for_over_imap(tmp_path: Path) -> None:
     with raypool.Pool() as pool:
+        fn = functools.partial(square_when_released, str(tmp_path))
 
         async def collect() -> list[int]:
-            return [x async for x in pool.imap(square, range(50))]
+            return [x async for x in pool.imap(fn, range(50))]
 
-        async def main() -> tuple[object, int]:
-            return await _ticks_while(collect())
+        async def main() -> object:
+            return await _released_by_the_loop(tmp_path, collect())
 
-        values, _ticks = asyncio.run(main())
-        assert values == [x * x for x in range(50)]
+        assert asyncio.run(main()) == [x * x for x in range(50)]
 
-        async def unordered() -> set[int]:
+        async def unordered() -> set[float]:
             return {x async for x in pool.imap_unordered(nap, [0.3, 0.0])}
 
         assert asyncio.run(unordered()) == {0.3, 0.0}
@@ -80,18 +95,21 @@ def test_async_for_raises_the_items_exception_and_goes_on() -> None:
         assert asyncio.run(main()) == [0, 1, 2, ValueError, 4]
 
 
-def test_cancelling_the_consumer_cancels_the_work() -> None:
+def test_cancelling_the_consumer_cancels_the_work(tmp_path: Path) -> None:
     from helpers import wait_until_idle
+
+    started = tmp_path / "started"
+    hang = functools.partial(log_then_hang, str(started))
 
     with raypool.Pool() as pool:
 
         async def consume() -> None:
-            async for _ in pool.imap(nap, [3600] * 4, chunksize=1):
+            async for _ in pool.imap(hang, range(4), chunksize=1):
                 pass
 
         async def main() -> None:
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.5)
+            await _until_lines(started, 2)  # both CPUs run an item that never ends
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -12,7 +12,6 @@ import functools
 import multiprocessing
 import multiprocessing.pool
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -36,12 +35,14 @@ from helpers import (
     exception_throwing_generator,
     fail_first_log_rest,
     fail_on,
+    log_then_hang,
     raise_runtime_error,
     read_state,
     set_state,
     sleep_then,
     slow_square,
     square,
+    wait_for_lines,
 )
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -372,12 +373,13 @@ def test_futures_not_started_can_be_cancelled(make_executor: Callable[..., Any])
     executor.shutdown()
 
 
-def test_shutdown_cancel_futures(make_executor: Callable[..., Any]) -> None:
+def test_shutdown_cancel_futures(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    started = tmp_path / "started"
     executor = make_executor(max_workers=1)
-    first = executor.submit(sleep_then, 1, 1.0)
+    first = executor.submit(log_then_hang, str(started), 1, 1.0)
     queued = [executor.submit(square, x) for x in range(6)]
-    time.sleep(0.1)
-    executor.shutdown(wait=True, cancel_futures=True)
+    assert wait_for_lines(started, 1), "the first future never started"
+    executor.shutdown(wait=True, cancel_futures=True)  # while the first one runs
     assert first.result() == 1
     assert queued[-1].cancelled()
     for future in queued:
