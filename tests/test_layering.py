@@ -92,3 +92,21 @@ def test_every_module_is_listed() -> None:
 def test_dill_only_in_serialization() -> None:
     users = {m for m in ALLOWED if "dill" in _imports(m)[1]}
     assert users == {"_serialization"}
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = node.body
+    first = body[0]
+    if len(body) > 1 and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        first = body[1]  # after the docstring
+    return (node.end_lineno or node.lineno) - first.lineno + 1
+
+
+def test_no_function_body_is_over_60_lines() -> None:
+    long = [
+        f"{path.name}:{node.lineno} {node.name} ({_body_lines(node)} lines)"
+        for path in sorted(SRC.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > 60
+    ]
+    assert long == []

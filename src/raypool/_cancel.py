@@ -61,10 +61,14 @@ def new_key() -> str:
     return f"cancel:{uuid.uuid4().hex}"
 
 
+# Ray's key-value store in its GCS has no public API: ``internal_kv`` is what Ray's own
+# libraries (Serve, Tune, Train) use for it.
+
+
 def raise_flag(key: str) -> bool:
     """Tell the workers running ``key``'s tasks to stop. Returns whether it was delivered."""
     try:
-        internal_kv._internal_kv_put(key, b"1", namespace=NAMESPACE)
+        internal_kv._internal_kv_put(key, b"1", namespace=NAMESPACE)  # noqa: SLF001
     except Exception:  # Ray is shutting down: its tasks go with it
         return False
     return True
@@ -72,14 +76,14 @@ def raise_flag(key: str) -> bool:
 
 def _is_raised(key: str) -> bool:
     try:
-        return internal_kv._internal_kv_get(key, namespace=NAMESPACE) is not None
+        return internal_kv._internal_kv_get(key, namespace=NAMESPACE) is not None  # noqa: SLF001
     except Exception:
         return False
 
 
 def _delete(key: str) -> None:
     with contextlib.suppress(Exception):  # Ray is gone, and the key with it
-        internal_kv._internal_kv_del(key, namespace=NAMESPACE)
+        internal_kv._internal_kv_del(key, namespace=NAMESPACE)  # noqa: SLF001
 
 
 class _Forgotten:

@@ -306,6 +306,8 @@ class CallDefaults:
             raise TypeError(
                 f"remote_options must be a dict, got {type(self.remote_options).__name__}"
             )
+        remote_options = dict(self.remote_options) if self.remote_options else None
+        object.__setattr__(self, "remote_options", remote_options)  # a copy, or None
         check_checkpoint(self.checkpoint)
         for name in ("safe_exceptions", "ret_args", "progress"):
             object.__setattr__(self, name, bool(getattr(self, name)))

@@ -49,7 +49,7 @@ from ._keys import key_salt
 from ._runtime import ensure_ray, job_runtime_env
 from ._scheduler import Backend, MapRun, MapStatistics, OnError, Throttle
 from ._serialization import dumps_callable
-from ._store import checkpoint_path, open_checkpoint
+from ._store import SqliteStore, checkpoint_path, open_checkpoint
 from ._worker import Setup
 
 __all__ = [
@@ -178,19 +178,7 @@ def open_run(
         raise TypeError(
             f"{caller}() needs an iterable of items, got {type(iterable).__name__}"
         ) from None
-    path = checkpoint_path(
-        checkpoint, default=spec.checkpoint, default_path=spec.checkpoint_path, fn=fn
-    )
-    store = None
-    if path is not None:
-        store = open_checkpoint(
-            path,
-            fn,
-            salt=key_salt(options.unpack, options.batched),
-            every=options.checkpoint_every,
-            interval=options.checkpoint_interval,
-            errors=options.checkpoint_errors,
-        )
+    store = _open_store(fn, spec, options, checkpoint)
     try:
         backend = _backend(fn, spec, options)
     except BaseException:
@@ -206,6 +194,24 @@ def open_run(
         on_error=spec.on_error,
         limits=limits,
         throttle=throttle,
+    )
+
+
+def _open_store(
+    fn: Callable[..., Any], spec: RunSpec, options: MapOptions, checkpoint: Checkpoint
+) -> SqliteStore | None:
+    path = checkpoint_path(
+        checkpoint, default=spec.checkpoint, default_path=spec.checkpoint_path, fn=fn
+    )
+    if path is None:
+        return None
+    return open_checkpoint(
+        path,
+        fn,
+        salt=key_salt(options.unpack, options.batched),
+        every=options.checkpoint_every,
+        interval=options.checkpoint_interval,
+        errors=options.checkpoint_errors,
     )
 
 

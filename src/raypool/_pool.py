@@ -92,13 +92,29 @@ class PoolState(enum.Enum):
     TERMINATE = "terminate"
 
 
-def _check_count(name: str, value: object, message: str) -> None:
+def _either(name: str, value: Any, alias: str, other: Any) -> Any:
+    """``value``, or ``other`` - its name in ``concurrent.futures`` or Ray's Pool."""
+    if value is not None and other is not None:
+        raise TypeError(f"pass {name} or {alias}, not both")
+    return value if value is not None else other
+
+
+#: What the stdlib says of a count below 1, per argument name.
+_COUNT_ERRORS = {
+    "processes": "Number of processes must be at least 1",
+    "max_workers": "max_workers must be greater than 0",
+    "maxtasksperchild": "maxtasksperchild must be a positive int or None",
+    "max_tasks_per_child": "max_tasks_per_child must be >= 1",
+}
+
+
+def _check_count(name: str, value: object) -> None:
     if value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(message)
+        raise ValueError(_COUNT_ERRORS[name])
 
 
 class _PoolCore:
@@ -268,31 +284,22 @@ class RayPool(concurrent.futures.Executor):
         max_retries: int = 3,
         retry_exceptions: bool | Iterable[type[BaseException]] = False,
     ) -> None:
-        for name, value, alias, other in (
-            ("processes", processes, "max_workers", max_workers),
-            ("maxtasksperchild", maxtasksperchild, "max_tasks_per_child", max_tasks_per_child),
-            ("address", address, "ray_address", ray_address),
-            ("remote_options", remote_options, "ray_remote_args", ray_remote_args),
+        for name, value in (
+            ("processes", processes),
+            ("max_workers", max_workers),
+            ("maxtasksperchild", maxtasksperchild),
+            ("max_tasks_per_child", max_tasks_per_child),
         ):
-            if value is not None and other is not None:
-                raise TypeError(f"pass {name} or {alias}, not both")
-        address = address or ray_address
-        remote_options = remote_options or ray_remote_args
-        _check_count("processes", processes, "Number of processes must be at least 1")
-        _check_count("max_workers", max_workers, "max_workers must be greater than 0")
-        _check_count(
-            "maxtasksperchild",
-            maxtasksperchild,
-            "maxtasksperchild must be a positive int or None",
-        )
-        _check_count("max_tasks_per_child", max_tasks_per_child, "max_tasks_per_child must be >= 1")
+            _check_count(name, value)
         self._defaults = CallDefaults(
             timeout=timeout,
             safe_exceptions=safe_exceptions,
             ret_args=ret_args,
             checkpoint=checkpoint,
             chunksize=chunksize,
-            remote_options=dict(remote_options) if remote_options else None,
+            remote_options=_either(
+                "remote_options", remote_options, "ray_remote_args", ray_remote_args
+            ),
             progress=progress,
         )
         self._spec = RunSpec(
@@ -305,14 +312,16 @@ class RayPool(concurrent.futures.Executor):
                 retry_exceptions=retry_types(retry_exceptions),
             ),
             WorkerOptions(
-                address=address,
+                address=_either("address", address, "ray_address", ray_address),
                 runtime_env=runtime_env,
                 remote_options=self._defaults.remote_options or {},
-                max_tasks_per_worker=maxtasksperchild or max_tasks_per_child,
+                max_tasks_per_worker=_either(
+                    "maxtasksperchild", maxtasksperchild, "max_tasks_per_child", max_tasks_per_child
+                ),
             ),
             initializer=None if initializer is None else Initializer(initializer, initargs),
         )
-        self._core = _PoolCore(processes or max_workers)
+        self._core = _PoolCore(_either("processes", processes, "max_workers", max_workers))
         self._owner = True
         self._parent: RayPool | None = None
 

@@ -298,7 +298,7 @@ def _detach_inherited_ray() -> None:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(native))
     try:
         libc = ctypes.CDLL(None)
-        libc.on_exit(libc._exit, None)
+        libc.on_exit(libc._exit, None)  # noqa: SLF001 - libc's _exit(2), not a private member
     except (AttributeError, OSError):  # not glibc
         pass
 

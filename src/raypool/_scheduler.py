@@ -2,33 +2,33 @@
 
 Data flow of one call, and the thread each step runs in::
 
-     the driving thread: the caller's (an engine iterator) or the pool's dispatcher
-    ┌──────────────────────────────────────────────────────────────────────────────────┐
-    │ iterable ─_Source.take─> [_Lookup: keys, store.lookup] ─┬─ all recorded ─────┐   │
-    │                                                         │                    │   │
-    │                                          new items: _Batch(seq)              │   │
-    │                                                         v                    │   │
-    │               ┌──────── _Part(batch, offset, attempts) ─Backend.submit──┐    │   │
-    │               │                                                        │    │   │
-    │   _Retries.plan: a lost worker or a result too large: halves,           │    │   │
-    │   then the item alone, up to max_retries; retry_exceptions:             │    │   │
-    │   the item alone ──> submitted again                                    │    │   │
-    │               ^                                                        │    │   │
-    │               └─ complete(handle) <─ Backend.wait / notify ─┐           │    │   │
-    │                        │ all parts of the batch in          │           │    │   │
-    │                        v                                    │           │    │   │
-    │             record: store rows, on_error                    │           │    │   │
-    │                        v                                    │           │    │   │
-    │      window: ordered buffer by seq / ready queue <──────────┼───────────┼────┘   │
-    │                        v                                    │           │        │
-    │   caller <─ take(batch): values, errors, items              │           │        │
-    └─────────────────────────────────────────────────────────────┼───────────┼────────┘
-     a Ray worker process                                         │           v
-    ┌─────────────────────────────────────────────────────────────┴────────────────────┐
-    │ _worker.execute_batch: initializer once per process, fn per item (per-item       │
-    │ timeout, the call's cancel flag), every error caught per item -> BatchResult     │
-    └──────────────────────────────────────────────────────────────────────────────────┘
-     store writer thread: commits the recorded rows (``_store``)
+     the driving thread: the engine iterator's consumer, or the pool's dispatcher thread
+    ┌──────────────────────────────────────────────────────────────────────┐
+    │ iterable                                                             │
+    │   │ _Source.take: a chunk sized by BatchSizer                        │
+    │   v                                                                  │
+    │ _Lookup (with a checkpoint): keys, store.lookup ──recorded──┐        │
+    │   │ new items                                               │        │
+    │   v                                                         │        │
+    │ _Batch(seq) ─> _Part(batch, 0) ─> Backend.submit ───────────┼────────┼──> a Ray task
+    │                                                             │        │       │
+    │ complete(handle) <── Backend.wait (iterator) or .notify <───┼────────┼─ BatchResult
+    │   │                  (dispatcher; from Ray's threads)       │        │
+    │   ├─ the worker died, or the result is too large:           │        │
+    │   │  _Retries.plan ─> halves, then the item alone, up to    │        │
+    │   │  max_retries; retry_exceptions: the item alone          │        │
+    │   │  ─> Backend.submit again                                │        │
+    │   v every part of the batch in                              │        │
+    │ record: checkpoint rows (to the store's writer thread),     │        │
+    │   │     on_error(item, exc)                                 │        │
+    │   v                                                         v        │
+    │ window: reorder buffer by seq (ordered) / ready queue <── replayed   │
+    │   v                                                                  │
+    │ take / emit ─> the iterator's consumer, or the pool's sink           │
+    └──────────────────────────────────────────────────────────────────────┘
+     In the Ray worker process (``_worker.execute_batch``): the initializer once per
+     process, ``fn`` per item under the per-item timeout and the call's cancel flag, every
+     item's error caught and sent back with its traceback.
 
 * **Filling** (``fill``): while the window has room - batches in flight plus finished ones
   not yet taken stay under ``window`` - and the ``Throttle`` admits one more task, read the

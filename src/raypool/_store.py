@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import itertools
 import os
 import pickle
@@ -208,7 +209,7 @@ def open_checkpoint(
 def _outside_raypool() -> int:
     """The ``stacklevel`` that makes a warning raised by the caller point at the user's
     code: the first frame outside raypool."""
-    level, frame = 1, sys._getframe(1)
+    level, frame = 1, sys._getframe(1)  # noqa: SLF001 - as warnings' own stacklevel
     while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("raypool"):
         level, frame = level + 1, frame.f_back
     return level
@@ -231,6 +232,12 @@ def _check_ownership(path: str, what: str) -> None:
 
 
 # -- the store -------------------------------------------------------------------------------
+
+
+class _StoreState(enum.Enum):
+    OPEN = "open"  # records are taken and committed by the writer thread
+    BROKEN = "broken"  # the writer failed (``_failure``): records are refused
+    CLOSED = "closed"  # committed what it could; closed
 
 
 class SqliteStore:
@@ -273,9 +280,8 @@ class SqliteStore:
         self._cond = threading.Condition()
         self._pending: list[Row] = []
         self._since = 0.0  # monotonic time of the oldest uncommitted row
-        self._closing = False
-        self._closed = False
-        self._failure: BaseException | None = None
+        self._state = _StoreState.OPEN
+        self._failure: BaseException | None = None  # why the writer stopped
         self._writer: threading.Thread | None = None
         self._unloadable = False
         self._pid = os.getpid()
@@ -386,7 +392,7 @@ class SqliteStore:
     # -- writing -------------------------------------------------------------------------
 
     def record(self, rows: list[Row]) -> None:
-        if self._failure is not None:
+        if self._state is _StoreState.BROKEN:
             raise CheckpointError(
                 f"checkpoint {self.path} cannot be written: {self._failure}"
             ) from self._failure
@@ -395,7 +401,7 @@ class SqliteStore:
         if not rows:
             return
         with self._cond:
-            if self._closing:
+            if self._state is _StoreState.CLOSED:
                 raise CheckpointError(f"checkpoint {self.path} is closed")
             if not self._pending:
                 self._since = time.monotonic()
@@ -412,9 +418,9 @@ class SqliteStore:
         if os.getpid() != self._pid:
             return  # inherited by a forked child: the writer and the file are the parent's
         with self._cond:
-            if self._closed:
+            if self._state is _StoreState.CLOSED:
                 return
-            self._closed = self._closing = True
+            self._state = _StoreState.CLOSED
             self._cond.notify()
             writer = self._writer
         if writer is not None:
@@ -437,12 +443,13 @@ class SqliteStore:
             while True:
                 if self._pending:
                     waited = time.monotonic() - self._since
-                    if self._closing or len(self._pending) >= self._every:
+                    closing = self._state is not _StoreState.OPEN
+                    if closing or len(self._pending) >= self._every:
                         break
                     if waited >= self._interval:
                         break
                     self._cond.wait(self._interval - waited)
-                elif self._closing:
+                elif self._state is not _StoreState.OPEN:
                     return None
                 else:
                     self._cond.wait()
@@ -458,6 +465,8 @@ class SqliteStore:
         except BaseException as exc:  # reported by the next record() and by close()
             self._failure = exc
             with self._cond:
+                if self._state is _StoreState.OPEN:
+                    self._state = _StoreState.BROKEN
                 self._pending.clear()
         finally:
             if conn is not None:
