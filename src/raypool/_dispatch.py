@@ -29,7 +29,6 @@ import enum
 import logging
 import queue
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -357,26 +356,11 @@ class Dispatcher:
 
 #: Dispatchers with a thread. At exit their calls are cancelled and their threads stopped
 #: while Ray is still up (``_lifecycle``'s first two phases).
-_running: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-
-
-def _cancel_running() -> None:
-    for dispatcher in list(_running):
-        dispatcher.cancel_all(CancelledError("the interpreter is exiting"))
-
-
-def _stop_running() -> None:
-    for dispatcher in list(_running):
-        dispatcher.stop()
-
-
-def _after_fork() -> None:
-    """In a forked child: the parent's dispatchers have no thread here; stopping them
-    would wait forever."""
-    global _running
-    _running = weakref.WeakSet()
-
-
-_lifecycle.at_exit(_lifecycle.Phase.CANCEL_CALLS, _cancel_running)
-_lifecycle.at_exit(_lifecycle.Phase.STOP_THREADS, _stop_running)
-_lifecycle.on_fork(_after_fork)
+_running: _lifecycle.LiveSet[Dispatcher] = _lifecycle.LiveSet(
+    {
+        _lifecycle.Phase.CANCEL_CALLS: lambda dispatcher: dispatcher.cancel_all(
+            CancelledError("the interpreter is exiting")
+        ),
+        _lifecycle.Phase.STOP_THREADS: lambda dispatcher: dispatcher.stop(),
+    }
+)

@@ -22,12 +22,10 @@ translates into ``MapOptions``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import threading
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -242,24 +240,11 @@ def _backend(fn: Callable[..., Any], spec: RunSpec, options: MapOptions) -> Back
 
 
 #: Engine iterators not yet collected. At exit, those still open are closed while Ray is up
-#: (``_lifecycle``'s first phase): their tasks are cancelled, their checkpoints flushed.
-_open_iterators: weakref.WeakSet[MapIterator] = weakref.WeakSet()
-
-
-def _close_open_iterators() -> None:
-    for iterator in list(_open_iterators):
-        # Being iterated by a thread that still runs: that thread closes it.
-        with contextlib.suppress(ValueError):
-            iterator.close()
-
-
-def _after_fork() -> None:
-    global _open_iterators
-    _open_iterators = weakref.WeakSet()
-
-
-_lifecycle.at_exit(_lifecycle.Phase.CANCEL_CALLS, _close_open_iterators)
-_lifecycle.on_fork(_after_fork)
+#: (``_lifecycle``'s first phase): their tasks are cancelled, their checkpoints flushed. One
+#: that a thread still iterates raises ``ValueError`` here: that thread closes it.
+_open_iterators: _lifecycle.LiveSet[MapIterator] = _lifecycle.LiveSet(
+    {_lifecycle.Phase.CANCEL_CALLS: lambda iterator: iterator.close()}
+)
 
 
 def _length(iterable: Iterable[Any]) -> int | None:

@@ -30,7 +30,12 @@ at import; it owns the two hooks raypool installs in the interpreter:
   runs (each module forgets the parent's dispatchers, stores, cancel keys and Ray
   connection), and the exit hook does nothing for what the parent left: it runs only in
   the process that last reset it. ``_runtime`` refuses to use a Ray connection inherited
-  this way, with an error that names the ``spawn``/``forkserver`` start methods.
+  this way, with an error that names the ``spawn``/``forkserver`` start methods, and
+  detaches Ray's own exit hooks from it. Objects that own threads or tasks (runs, pools,
+  stores) also remember their process, and do nothing when a forked copy is closed.
+
+``LiveSet`` is the usual way to register: the live objects of one kind, acted on at exit,
+forgotten after a fork.
 
 Threads and locks of raypool, per process (who touches what):
 
@@ -45,6 +50,8 @@ dispatcher (one per pool)  every ``MapRun`` of its pool, their backends and stor
 Ray's callback threads     only the dispatcher's event queue (``ObjectRef.future`` callbacks)
 store writer (one/store)   its SQLite connection; the store's pending rows under its condition
 main thread at exit        this module's hook, then each phase's callbacks as listed above
+a forked child             none of the parent's threads; raypool's module-level locks and sets
+                           are new in it, and the objects it inherited refuse work or do nothing
 =========================  ====================================================================
 """
 
@@ -55,11 +62,15 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
 
-__all__ = ["Phase", "at_exit", "forked_from", "on_fork"]
+__all__ = ["LiveSet", "Phase", "at_exit", "forked_from", "on_fork"]
 
 logger = logging.getLogger("raypool")
+
+T = TypeVar("T")
 
 
 class Phase(enum.IntEnum):
@@ -99,6 +110,38 @@ def forked_from() -> int | None:
     """The pid of the process this one was forked from (after raypool was imported), or
     ``None`` if it was not."""
     return _parent_pid
+
+
+class LiveSet(Generic[T]):
+    """The live objects of one kind in this process (held weakly): at exit, each phase in
+    ``actions`` applies its action to each of them; a forked child starts with none, for
+    the parent's are the parent's.
+
+    An action that raises is logged (at debug level) and the others go on: at exit there is
+    no caller to report to.
+    """
+
+    def __init__(self, actions: Mapping[Phase, Callable[[T], object]]) -> None:
+        self._live: weakref.WeakSet[T] = weakref.WeakSet()
+        for phase, action in actions.items():
+            at_exit(phase, lambda action=action: self._apply(action))  # type: ignore[misc]
+        on_fork(self._forget)
+
+    def add(self, obj: T) -> None:
+        self._live.add(obj)
+
+    def discard(self, obj: T) -> None:
+        self._live.discard(obj)
+
+    def _apply(self, action: Callable[[T], object]) -> None:
+        for obj in list(self._live):
+            try:
+                action(obj)
+            except Exception:
+                logger.debug("raypool: at exit, %r failed", obj, exc_info=True)
+
+    def _forget(self) -> None:
+        self._live = weakref.WeakSet()
 
 
 def _run_exit_hooks() -> None:

@@ -411,7 +411,7 @@ class RayPool(concurrent.futures.Executor):
     def _spec_for(self, defaults: CallDefaults) -> RunSpec:
         """The run spec of calls with ``defaults``: this view's, or one with other Ray
         options (``remote_options=`` of the call)."""
-        if defaults.remote_options == self._defaults.remote_options and hasattr(self, "_spec"):
+        if defaults.remote_options == self._defaults.remote_options:
             return self._spec
         worker = dataclasses.replace(
             self._spec.worker, remote_options=defaults.remote_options or {}

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
@@ -104,19 +106,12 @@ class Outputs:
 # -- sinks: where a call's outputs go ------------------------------------------------------------
 
 
-class FutureSink:
-    """One call with one item (``submit``, ``apply_async``): its outcome sets a Future.
-
-    For ``submit`` (``executor=True``) the worker traceback is attached as
-    ``concurrent.futures`` attaches it, for ``apply_async`` as ``multiprocessing`` does.
-    """
+class _FutureBacked:
+    """A sink whose outcome sets a Future: it starts unless the future was cancelled, and
+    takes every batch at once (no back-pressure)."""
 
     stream = False
-
-    def __init__(self, future: Future[Any], safe_exceptions: bool, executor: bool) -> None:
-        self.future = future
-        self._safe = safe_exceptions
-        self._executor = executor
+    future: Future[Any]
 
     def begin(self) -> bool:
         return self.future.set_running_or_notify_cancel()
@@ -126,6 +121,19 @@ class FutureSink:
 
     def release(self) -> None:
         pass
+
+
+class FutureSink(_FutureBacked):
+    """One call with one item (``submit``, ``apply_async``): its outcome sets a Future.
+
+    For ``submit`` (``executor=True``) the worker traceback is attached as
+    ``concurrent.futures`` attaches it, for ``apply_async`` as ``multiprocessing`` does.
+    """
+
+    def __init__(self, future: Future[Any], safe_exceptions: bool, executor: bool) -> None:
+        self.future = future
+        self._safe = safe_exceptions
+        self._executor = executor
 
     def put(
         self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
@@ -150,29 +158,18 @@ class FutureSink:
             settle(self.future, error)
 
 
-class ListSink:
+class ListSink(_FutureBacked):
     """A map-family call collected into one list (``map``, ``starmap``, their ``_async``).
 
     Unless ``safe_exceptions``, the first failed item in input order fails the call - once
     every item has finished, as the stdlib's ``map`` does (CPython issue #23992).
     """
 
-    stream = False
-
     def __init__(self, future: Future[list[Any]], outputs: Outputs) -> None:
         self.future = future
         self._outputs = outputs
         self._values: list[Any] = []
         self._error: BaseException | None = None
-
-    def begin(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
-
-    def room(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass
 
     def put(
         self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
@@ -340,6 +337,23 @@ class MapResult(AsyncResult[list[R]]):
     """The result of ``map_async``/``starmap_async``: a list in input order."""
 
 
+class _Reading:
+    """The batch an ``IMapIterator`` hands out, and a counter of the positions handed out:
+    ``next()`` on an ``itertools.count`` is atomic, so each position goes to one reader
+    without a lock, and a reader that holds this object never mixes two batches."""
+
+    __slots__ = ("errors", "items", "plain", "positions", "size", "values")
+
+    def __init__(self, batch: Batch, ret_args: bool) -> None:
+        self.items, self.values, self.errors = batch
+        self.size = len(self.values)
+        self.plain = not self.errors and not ret_args  # the value is the output
+        self.positions = itertools.count()
+
+
+_NOTHING = _Reading((None, [], None), False)
+
+
 class IMapIterator(Iterator[Any]):
     """The iterator of ``imap``/``imap_unordered``, as in ``multiprocessing``.
 
@@ -356,9 +370,8 @@ class IMapIterator(Iterator[Any]):
     def __init__(self, sink: StreamSink, call: Call) -> None:
         self._sink = sink
         self._call = call
-        # The batch being read, and where: guarded by the sink's condition.
-        self._batch: Batch = (None, [], None)
-        self._position = 0
+        self._reading = _NOTHING
+        self._lock = threading.Lock()  # one reader at a time takes the next batch
         self._finished = False
 
     def __iter__(self) -> IMapIterator:
@@ -366,37 +379,58 @@ class IMapIterator(Iterator[Any]):
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``timeout`` in seconds, as ``multiprocessing``'s ``next``."""
-        sink = self._sink
-        with sink.cond:
-            if self._position >= len(self._batch[1]):
-                if not sink.cond.wait_for(lambda: sink.batches or sink.done, timeout):
-                    raise multiprocessing.TimeoutError
-                self._take()
-            return self._output()
+        reading = self._reading
+        position = next(reading.positions)
+        if position < reading.size:  # the hot path: no lock
+            if reading.plain:
+                return reading.values[position]
+            return self._shaped(reading, position)
+        return self._next_batch(timeout)
 
     def __next__(self) -> Any:
         return self.next()
 
-    def _output(self) -> Any:
-        # Called with the sink's lock held and an item to read.
-        position = self._position
-        self._position = position + 1
-        items, values, errors = self._batch
+    def _shaped(self, reading: _Reading, position: int) -> Any:
+        if reading.plain:
+            return reading.values[position]
         outputs = self._sink.outputs
         return output(
-            items, values, errors, position, safe_exceptions=outputs.safe, ret_args=outputs.ret_args
+            reading.items,
+            reading.values,
+            reading.errors,
+            position,
+            safe_exceptions=outputs.safe,
+            ret_args=outputs.ret_args,
         )
+
+    def _next_batch(self, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise multiprocessing.TimeoutError
+        sink = self._sink
+        try:
+            while True:
+                reading = self._reading  # another reader may have taken a batch meanwhile
+                position = next(reading.positions)
+                if position < reading.size:
+                    return self._shaped(reading, position)
+                with sink.cond:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    if not sink.cond.wait_for(lambda: sink.batches or sink.done, left):
+                        raise multiprocessing.TimeoutError
+                    self._take()
+        finally:
+            self._lock.release()
 
     def _take(self) -> None:
         # Called with the sink's lock held and something to read.
         sink = self._sink
         if sink.batches:
-            self._batch = sink.batches.popleft()
-            self._position = 0
+            self._reading = _Reading(sink.batches.popleft(), sink.outputs.ret_args)
             self._call.dispatcher.wake(self._call)
             return
         self._finished = True
-        self._batch = (None, [], None)
+        self._reading = _NOTHING
         error, sink.error = sink.error, None
         if error is not None:
             raise error
@@ -409,15 +443,18 @@ class IMapIterator(Iterator[Any]):
         loop = asyncio.get_running_loop()
         sink = self._sink
         while True:
-            with sink.cond:
-                if self._position < len(self._batch[1]):
-                    return self._output()
-                if sink.batches or sink.done:
-                    try:
-                        self._take()
-                    except StopIteration:
-                        raise StopAsyncIteration from None
-                    return self._output()
+            with self._lock:  # never held while awaiting; a reading thread may hold it
+                reading = self._reading
+                position = next(reading.positions)
+                if position < reading.size:
+                    return self._shaped(reading, position)
+                with sink.cond:
+                    if sink.batches or sink.done:
+                        try:
+                            self._take()
+                        except StopIteration:
+                            raise StopAsyncIteration from None
+                        continue
             waiter = sink.wait_async(loop)
             if waiter is None:
                 continue

@@ -295,12 +295,24 @@ def _detach_inherited_ray() -> None:
         sys.excepthook = getattr(worker, "normal_excepthook", sys.__excepthook__)
     for native in (getattr(worker, "global_worker", None), getattr(state, "state", None)):
         if native is not None:
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(native))
+            _INCREF(ctypes.py_object(native))
+    if _EXIT_FUNCTIONS is not None:
+        on_exit, exit_now = _EXIT_FUNCTIONS
+        on_exit(exit_now, None)
+
+
+def _exit_functions() -> tuple[Any, Any] | None:
+    """glibc's ``on_exit`` and ``_exit``, or ``None`` elsewhere. Looked up at import: a
+    forked child must not load symbols (the loader's lock may be held by a parent thread)."""
     try:
         libc = ctypes.CDLL(None)
-        libc.on_exit(libc._exit, None)  # noqa: SLF001 - libc's _exit(2), not a private member
-    except (AttributeError, OSError):  # not glibc
-        pass
+        return libc.on_exit, libc._exit  # noqa: SLF001 - libc's _exit(2), not a private member
+    except (AttributeError, OSError):
+        return None
+
+
+_EXIT_FUNCTIONS = _exit_functions()
+_INCREF = ctypes.pythonapi.Py_IncRef
 
 
 _lifecycle.on_fork(_after_fork)

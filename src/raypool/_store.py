@@ -47,7 +47,6 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -493,24 +492,11 @@ class SqliteStore:
             conn.execute("UPDATE meta SET value = ? WHERE name = 'updated'", (str(time.time()),))
 
 
-_open_stores: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
-
-
-def _close_open_stores() -> None:
-    # At interpreter exit, before daemon threads stop: commit what a call never closed.
-    for store in list(_open_stores):
-        with contextlib.suppress(Exception):
-            store.close()
-
-
-def _after_fork() -> None:
-    """In a forked child: the parent's stores and their writer threads are the parent's."""
-    global _open_stores
-    _open_stores = weakref.WeakSet()
-
-
-_lifecycle.at_exit(_lifecycle.Phase.CLOSE_STORES, _close_open_stores)
-_lifecycle.on_fork(_after_fork)
+#: Stores not yet closed: at exit, before daemon threads stop, each commits what a call
+#: never closed.
+_open_stores: _lifecycle.LiveSet[SqliteStore] = _lifecycle.LiveSet(
+    {_lifecycle.Phase.CLOSE_STORES: lambda store: store.close()}
+)
 
 
 # -- opening ---------------------------------------------------------------------------------

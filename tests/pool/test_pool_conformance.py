@@ -396,3 +396,50 @@ def test_executor_bad_arguments(make_executor: Callable[..., Any]) -> None:
         make_executor(max_workers=0)
     with pytest.raises(TypeError):
         make_executor(initializer=42)
+
+
+def test_imap_next_from_several_threads(pool: Any) -> None:
+    """As the stdlib's, an imap iterator may be read by several threads: each result goes
+    to exactly one of them."""
+    it = pool.imap(square, range(400), 7)
+    taken: list[list[int]] = [[] for _ in range(4)]
+
+    def read(into: list[int]) -> None:
+        for value in iter(lambda: next(it, None), None):
+            into.append(value)
+
+    readers = [threading.Thread(target=read, args=(into,)) for into in taken]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(120)
+    assert sorted(value for into in taken for value in into) == [x * x for x in range(400)]
+
+
+def test_work_that_races_close_either_completes_or_is_refused(
+    make_pool: Callable[..., Any],
+) -> None:
+    """Calls started from other threads while the pool closes are refused or complete
+    before join() returns - none starts on a closed pool."""
+    pool = make_pool(2)
+    results: list[Any] = []
+    started = threading.Event()
+
+    def submit() -> None:
+        while True:
+            try:
+                results.append(pool.apply_async(square, (len(results),)))
+            except ValueError:  # Pool not running
+                return
+            started.set()
+
+    submitters = [threading.Thread(target=submit) for _ in range(3)]
+    for submitter in submitters:
+        submitter.start()
+    assert started.wait(60)
+    pool.close()
+    pool.join()
+    for submitter in submitters:
+        submitter.join(60)
+    assert results
+    assert all(result.ready() for result in results)
