@@ -260,7 +260,7 @@ class Dispatcher:
             self._end(call, exc)
 
     def _enqueue(self, call: Call) -> None:
-        if call.state is not CallState.ENDED and not call.queued and not call.run.input_done:
+        if call.state is not CallState.ENDED and not call.queued and call.run.wants_tasks:
             call.queued = True
             self._waiting.append(call)
 
@@ -284,7 +284,8 @@ class Dispatcher:
                 while True:
                     call.run.fill()
                     delivered = self._deliver(call)
-                    if not delivered or call.state is CallState.ENDED or call.run.input_done:
+                    ended = call.state is CallState.ENDED
+                    if not delivered or ended or not call.run.wants_tasks:
                         break
             except BaseException as exc:
                 self._end(call, exc)

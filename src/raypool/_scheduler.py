@@ -249,9 +249,10 @@ class _Retries:
     ``retry_exceptions`` run again, each alone, up to ``max_retries`` times.
     """
 
-    def __init__(self, options: MapOptions) -> None:
+    def __init__(self, options: MapOptions, rerunnable: bool) -> None:
         self._max = options.max_retries
         self._types = options.retry_exceptions
+        self._rerunnable = rerunnable  # whether the backend can run a lost task's items
 
     def plan(self, part: _Part, result: BatchResult) -> tuple[list[_Part], BatchResult | None]:
         """``(parts to run, result to keep)``; the result is ``None`` when the whole part
@@ -259,6 +260,8 @@ class _Retries:
         if part.items is None:
             return [], result
         if result.lost or (result.too_large and len(part.items) > 1):
+            if not self._rerunnable:
+                return [], result
             again = self._split(part, part.items)
             return (again, None) if again else ([], result)
         if result.errors and self._types:
@@ -472,8 +475,9 @@ class MapRun:
         self._source = _Source(iterator, limits.limit)
         salt = key_salt(options.unpack, options.batched)
         self._reader = _Plain(self._source) if store is None else _Lookup(self._source, store, salt)
-        self._retries = _Retries(options)
+        self._retries = _Retries(options, backend.rerunnable)
         self._in_flight: dict[Any, _Part] = {}
+        self._reruns: deque[_Part] = deque()  # parts to run again, as the throttle admits
         self._ordered: dict[int, _Batch] = {}
         self._ready: deque[_Batch] = deque()
         self._next_seq = 0
@@ -492,9 +496,10 @@ class MapRun:
         self._state = to
 
     @property
-    def input_done(self) -> bool:
-        """No more tasks will start from input (they may still from reruns)."""
-        return self._state is not RunState.FILLING
+    def wants_tasks(self) -> bool:
+        """Whether it would start tasks if admitted: input is still read, or parts wait to
+        run again."""
+        return self._state is RunState.FILLING or bool(self._reruns)
 
     @property
     def drained(self) -> bool:
@@ -532,8 +537,10 @@ class MapRun:
         return self._throttle is None or self._throttle.admit()
 
     def fill(self) -> None:
-        """Read and submit input until the window is full or the input ends."""
-        while self._state is RunState.FILLING and self._room():
+        """Submit the parts waiting to run again, then read and submit input until the
+        window is full or the input ends - as far as the throttle admits."""
+        self._submit_reruns()
+        while self._state is RunState.FILLING and not self._reruns and self._room():
             if self._halt_input is not None and self._halt_input():
                 self._reader.discard()
                 self._move(RunState.DRAINING)
@@ -567,6 +574,15 @@ class MapRun:
         self._counts.submitted += batch.size
         self._counts.batches_submitted += 1
 
+    def _submit_reruns(self) -> None:
+        # Reruns go first, under the throttle as any task; the window does not hold them
+        # back: they take the place of the task they replace.
+        reruns = self._reruns
+        while reruns and (self._throttle is None or self._throttle.admit()):
+            part = reruns.popleft()
+            assert part.items is not None
+            self._submit(part, part.items)
+
     def _submit(self, part: _Part, items: list[Any]) -> None:
         handle = self._backend.submit(items)
         self._in_flight[handle] = part
@@ -599,9 +615,8 @@ class MapRun:
             again, kept = self._retries.plan(part, result)
         batch = part.batch
         batch.parts += len(again) - 1
-        for rerun in again:
-            assert rerun.items is not None
-            self._submit(rerun, rerun.items)
+        self._reruns.extend(again)
+        self._submit_reruns()
         if kept is not None:
             batch.fill(part.offset, kept)
         if not batch.parts:
@@ -686,6 +701,7 @@ class MapRun:
         if self._state is RunState.CLOSED or os.getpid() != self._pid:
             return  # closed, or a forked child's copy: the tasks and store are the parent's
         self._move(RunState.CLOSED)
+        self._reruns.clear()
         try:
             if self._store is not None and self._in_flight:
                 # Results that finished but were never asked for still go to the checkpoint.
