@@ -85,10 +85,12 @@ def check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
 
 
-def check_batch_size(name: str, size: object) -> None:
-    """Raise ``ValueError`` unless ``size`` is ``None`` or an int >= 1."""
+def check_batch_size(name: str, size: object, none: str = "") -> None:
+    """Raise ``ValueError`` unless ``size`` is ``None`` (which means ``none``) or an int
+    >= 1."""
     if size is not None and (not _is_int(size) or size < 1):  # type: ignore[operator]
-        raise ValueError(f"{name} must be an int >= 1 or None, got {size!r}")
+        meaning = f" ({none})" if none else ""
+        raise ValueError(f"{name} must be an int >= 1 or None{meaning}, got {size!r}")
 
 
 def check_checkpoint_name(name: str) -> str:
@@ -176,7 +178,7 @@ class MapOptions:
     retry_exceptions: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        check_batch_size("batch_size", self.batch_size)
+        check_batch_size("batch_size", self.batch_size, "automatic")
         if not _is_int(self.max_pending) or not (self.max_pending == -1 or self.max_pending >= 1):
             raise ValueError(
                 f"max_pending must be an int >= 1, or -1 to size it from the cluster's CPUs, "
@@ -265,6 +267,8 @@ class WorkerOptions:
     sequential: bool = False
 
     def __post_init__(self) -> None:
+        if self.remote_options is None:
+            object.__setattr__(self, "remote_options", _EMPTY)
         for name in ("runtime_env", "remote_options"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Mapping):
@@ -278,12 +282,6 @@ class WorkerOptions:
                 "max_tasks_per_worker must be an int >= 1 or None, "
                 f"got {self.max_tasks_per_worker!r}"
             )
-
-    def with_remote_options(self, overrides: Mapping[str, Any] | None) -> WorkerOptions:
-        """These options with ``overrides`` merged into ``remote_options``."""
-        if not overrides:
-            return self
-        return dataclasses.replace(self, remote_options={**self.remote_options, **overrides})
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,10 @@ class Dispatcher:
     def _enqueue(self, call: Call) -> None:
         if call.state is not CallState.ENDED and not call.queued and call.run.wants_tasks:
             call.queued = True
-            self._waiting.append(call)
+            if call.run.reruns_waiting:  # items of a lost task go before new work
+                self._waiting.appendleft(call)
+            else:
+                self._waiting.append(call)
 
     def _fill(self) -> None:
         waiting = self._waiting

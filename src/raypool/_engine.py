@@ -13,7 +13,7 @@ raises there, before anything runs:
    once (dill, inline or one ``ray.put``), and returns the call's ``_scheduler.MapRun``.
 3. The run is driven by its consumer: ``MapIterator`` (a generator in the caller's thread),
    ``_aiterate`` (asyncio: awaits Ray's futures, no thread), or the pool's dispatcher thread
-   (``_dispatch``), which passes itself as the run's ``Throttle``.
+   (``_dispatch``), whose ``Call`` is the run's ``Throttle``.
 
 The input is never materialized and a result is dropped once yielded: memory is bounded by
 the window. This module knows nothing of the ``multiprocessing`` vocabulary; the pool facade
@@ -31,7 +31,6 @@ from typing import Any, Generic, TypeVar
 
 import ray
 
-from . import _lifecycle
 from ._backend import InlineBackend, RayBackend
 from ._config import (
     Checkpoint,
@@ -47,7 +46,7 @@ from ._keys import key_salt
 from ._runtime import ensure_ray, job_runtime_env
 from ._scheduler import Backend, MapRun, MapStatistics, OnError, Throttle
 from ._serialization import dumps_callable
-from ._store import SqliteStore, checkpoint_path, open_checkpoint
+from ._store import open_checkpoint
 from ._worker import Setup
 
 __all__ = [
@@ -79,7 +78,7 @@ class Initializer:
             raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
         self._fn = initializer
         self._args = tuple(initargs)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an initializer may use its own RayMap
         self._setup: Setup | None = None
         self._ran_here = False
 
@@ -176,40 +175,34 @@ def open_run(
         raise TypeError(
             f"{caller}() needs an iterable of items, got {type(iterable).__name__}"
         ) from None
-    store = _open_store(fn, spec, options, checkpoint)
+    store = open_checkpoint(
+        checkpoint,
+        fn,
+        default=spec.checkpoint,
+        default_path=spec.checkpoint_path,
+        salt=key_salt(options.unpack, options.batched),
+        every=options.checkpoint_every,
+        interval=options.checkpoint_interval,
+        errors=options.checkpoint_errors,
+    )
     try:
         backend = _backend(fn, spec, options)
     except BaseException:
         if store is not None:
             store.close()
         raise
+    total = _length(iterable)
+    if total is not None and limits is not None and limits.limit is not None:
+        total = min(total, limits.limit)
     return MapRun(
         iterator,
-        _length(iterable),
+        total,
         options,
         backend,
         store=store,
         on_error=spec.on_error,
         limits=limits,
         throttle=throttle,
-    )
-
-
-def _open_store(
-    fn: Callable[..., Any], spec: RunSpec, options: MapOptions, checkpoint: Checkpoint
-) -> SqliteStore | None:
-    path = checkpoint_path(
-        checkpoint, default=spec.checkpoint, default_path=spec.checkpoint_path, fn=fn
-    )
-    if path is None:
-        return None
-    return open_checkpoint(
-        path,
-        fn,
-        salt=key_salt(options.unpack, options.batched),
-        every=options.checkpoint_every,
-        interval=options.checkpoint_interval,
-        errors=options.checkpoint_errors,
     )
 
 
@@ -237,14 +230,6 @@ def _backend(fn: Callable[..., Any], spec: RunSpec, options: MapOptions) -> Back
         setup=None if spec.initializer is None else spec.initializer.for_workers(),
         max_calls=worker.max_tasks_per_worker,
     )
-
-
-#: Engine iterators not yet collected. At exit, those still open are closed while Ray is up
-#: (``_lifecycle``'s first phase): their tasks are cancelled, their checkpoints flushed. One
-#: that a thread still iterates raises ``ValueError`` here: that thread closes it.
-_open_iterators: _lifecycle.LiveSet[MapIterator] = _lifecycle.LiveSet(
-    {_lifecycle.Phase.CANCEL_CALLS: lambda iterator: iterator.close()}
-)
 
 
 def _length(iterable: Iterable[Any]) -> int | None:
@@ -303,7 +288,6 @@ class MapIterator(Iterator[Any]):
     def __init__(self, run: MapRun) -> None:
         self._run = run
         self._gen = _iterate(run)
-        _open_iterators.add(self)
 
     def __iter__(self) -> Iterator[Any]:
         # A for loop runs the generator directly, without a Python-level __next__ per item.
@@ -461,7 +445,7 @@ class RayMap(Generic[R]):
                 address=address,
                 password=password,
                 runtime_env=runtime_env,
-                remote_options=remote_options or {},
+                remote_options={} if remote_options is None else remote_options,
                 max_tasks_per_worker=max_tasks_per_worker,
                 sequential=sequential,
             ),
@@ -485,8 +469,12 @@ class RayMap(Generic[R]):
 
     @property
     def checkpoint_path(self) -> str | os.PathLike[str] | None:
-        """The ``checkpoint_path`` given to the constructor."""
+        """The checkpoint file of calls that name none (ray-map's attribute)."""
         return self._spec.checkpoint_path
+
+    @checkpoint_path.setter
+    def checkpoint_path(self, path: str | os.PathLike[str] | None) -> None:
+        self._spec = dataclasses.replace(self._spec, checkpoint_path=path)
 
     def __repr__(self) -> str:
         mode = "sequential" if self._spec.worker.sequential else "ray"

@@ -42,6 +42,7 @@ import concurrent.futures
 import multiprocessing
 import multiprocessing.pool
 import pickle
+import sys
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
@@ -173,6 +174,16 @@ class ForkedProcessError(RayPoolError, RuntimeError):
     Start such processes with the ``spawn`` or ``forkserver`` method instead.
     """
 
+    @classmethod
+    def inherited(cls, what: str, pid: int) -> ForkedProcessError:
+        """The error for ``what`` - an object of process ``pid`` - used in a child forked
+        from it."""
+        return cls(
+            f"{what} belongs to process {pid}, from which this process was forked: a forked "
+            "child cannot use its parent's raypool objects or Ray connection. Start "
+            "processes that use raypool with the 'spawn' or 'forkserver' start method"
+        )
+
 
 #: The traceback of an exception as formatted in the worker. Never raised: raypool sets it
 #: as the ``__cause__`` of the user's own exception, so the worker-side frames show up under
@@ -182,6 +193,15 @@ class ForkedProcessError(RayPoolError, RuntimeError):
 #: ``concurrent.futures.process._RemoteTraceback`` instead, as ``ProcessPoolExecutor``'s do.
 RemoteTraceback: type[Exception]
 RemoteTraceback = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller point at the user's
+    code: the first frame outside raypool."""
+    level, frame = 1, sys._getframe(1)  # noqa: SLF001 - as warnings' own stacklevel
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("raypool"):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def attach_remote_traceback(exc: BaseException, tb: str) -> BaseException:

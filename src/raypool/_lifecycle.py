@@ -13,9 +13,8 @@ at import; it owns the two hooks raypool installs in the interpreter:
   ================  ==========================================  ========================
   phase             what                                        registered by
   ================  ==========================================  ========================
-  ``CANCEL_CALLS``  every pool's calls, and engine iterators     ``_dispatch``,
-                    still open, are cancelled: cancel flags go    ``_engine``
-                    up for their tasks still running
+  ``CANCEL_CALLS``  every pool's calls are cancelled: cancel    ``_dispatch``
+                    flags go up for their tasks still running
   ``STOP_THREADS``  the pools' dispatcher threads end            ``_dispatch``
   ``CLOSE_STORES``  checkpoints commit what finished, close     ``_store``
   ``FORGET_KEYS``   the cancel flags raised so far - also in    ``_cancel``
@@ -28,8 +27,8 @@ at import; it owns the two hooks raypool installs in the interpreter:
   objects and Ray's client connections, but none of the threads behind them; if it touches
   Ray it hangs and breaks the parent's connection. So in the child every registered reset
   runs (each module forgets the parent's dispatchers, stores, cancel keys and Ray
-  connection), and the exit hook does nothing for what the parent left: it runs only in
-  the process that last reset it. ``_runtime`` refuses to use a Ray connection inherited
+  connection), so the exit hook, which then runs in the child too, finds nothing of the
+  parent's to act on. ``_runtime`` refuses to use a Ray connection inherited
   this way, with an error that names the ``spawn``/``forkserver`` start methods, and
   detaches Ray's own exit hooks from it. Objects that own threads or tasks (runs, pools,
   stores) also remember their process, and do nothing when a forked copy is closed.
@@ -158,16 +157,22 @@ def _after_fork_in_child() -> None:
     global _pid, _parent_pid
     _parent_pid, _pid = _pid, os.getpid()
     for reset in _fork_callbacks:
-        reset()
+        try:
+            reset()
+        except Exception:  # the others must still run; the child has no caller to tell
+            logger.debug("raypool: a reset after fork failed", exc_info=True)
 
 
 def _install() -> None:
     register = getattr(threading, "_register_atexit", None)
-    if register is not None:
+    try:
+        if register is None:  # not CPython: the hook then runs among the atexit handlers
+            raise RuntimeError
         register(_run_exit_hooks)
-    else:  # not CPython: the hook then runs among the atexit handlers
+    except RuntimeError:  # or imported while the interpreter shuts down
         atexit.register(_run_exit_hooks)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _install()

@@ -137,11 +137,7 @@ class _PoolCore:
     def check_running(self, executor: bool) -> None:
         """Raise unless the pool takes new work (here)."""
         if self.inherited():
-            raise ForkedProcessError(
-                f"this pool belongs to process {self.pid}, from which this process was "
-                "forked: a forked child cannot use its parent's pool. Create pools in "
-                "processes started with the 'spawn' or 'forkserver' start method"
-            )
+            raise ForkedProcessError.inherited("this pool", self.pid)
         state = self.state
         if state is not PoolState.RUN:
             if executor:
@@ -156,16 +152,18 @@ class _PoolCore:
                 self.dispatcher = Dispatcher(limit)
             return self.dispatcher
 
-    def start(self, call: Call, executor: bool) -> None:
-        """Start ``call`` if the pool still runs; otherwise close its run and raise."""
-        dispatcher = call.dispatcher
-        with self.lock:
-            try:
+    def start(self, call: Call, executor: bool, future: Future[Any] | None = None) -> None:
+        """Start ``call`` (and track its ``future``) if the pool still runs; otherwise close
+        its run and raise."""
+        try:
+            with self.lock:
                 self.check_running(executor)
-            except BaseException:
-                call.run.close()
-                raise
-            dispatcher.start(call)
+                if future is not None:
+                    self.futures.add(future)  # before a shutdown(cancel_futures) can look
+                call.dispatcher.start(call)
+        except BaseException:
+            call.run.close()  # not under the lock: it may wait for a checkpoint's writer
+            raise
 
     def close(self) -> None:
         if self.inherited():  # only this copy closes (its lock may be held by the parent's)
@@ -291,6 +289,8 @@ class RayPool(concurrent.futures.Executor):
             ("max_tasks_per_child", max_tasks_per_child),
         ):
             _check_count(name, value)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
         self._defaults = CallDefaults(
             timeout=timeout,
             safe_exceptions=safe_exceptions,
@@ -413,9 +413,8 @@ class RayPool(concurrent.futures.Executor):
         options (``remote_options=`` of the call)."""
         if defaults.remote_options == self._defaults.remote_options:
             return self._spec
-        worker = dataclasses.replace(
-            self._spec.worker, remote_options=defaults.remote_options or {}
-        )
+        remote_options = defaults.remote_options or {}
+        worker = dataclasses.replace(self._spec.worker, remote_options=remote_options)
         return dataclasses.replace(self._spec, worker=worker)
 
     def _start(
@@ -429,6 +428,7 @@ class RayPool(concurrent.futures.Executor):
         *,
         keep_order: bool = True,
         executor: bool = False,
+        future: Future[Any] | None = None,
     ) -> Call:
         """Open the call and hand it to the dispatcher, if the pool still runs then."""
         spec = self._spec_for(defaults)
@@ -456,7 +456,7 @@ class RayPool(concurrent.futures.Executor):
                 caller=f"RayPool.{method}",
             ),
         )
-        self._core.start(call, executor)
+        self._core.start(call, executor, future)
         return call
 
     def _outputs(self, defaults: CallDefaults, iterable: Iterable[Any], method: str) -> Outputs:
@@ -482,8 +482,9 @@ class RayPool(concurrent.futures.Executor):
         defaults = self._defaults
         sink = FutureSink(future, defaults.safe_exceptions, executor)
         call_item = [(tuple(args), dict(kwargs))]
-        self._start("submit", fn, call_item, "call", defaults, sink, executor=executor)
-        self._core.futures.add(future)
+        self._start(
+            "submit", fn, call_item, "call", defaults, sink, executor=executor, future=future
+        )
         return future
 
     def _map_future(

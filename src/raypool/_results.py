@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceb
 from typing import Any, Generic, TypeVar
 
 from ._dispatch import Call
-from ._errors import RemoteTraceback
+from ._errors import ForkedProcessError, RemoteTraceback
 from ._outcome import ItemError, output, outputs
 
 __all__ = [
@@ -280,6 +281,7 @@ class AsyncResult(Generic[R]):
         self._callback = callback
         self._error_callback = error_callback
         self._event = threading.Event()
+        self._pid = os.getpid()
         future.add_done_callback(self._done)
 
     def _done(self, future: Future[R]) -> None:
@@ -313,7 +315,14 @@ class AsyncResult(Generic[R]):
         return not self._future.cancelled() and self._future.exception() is None
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is available or ``timeout`` seconds pass."""
+        """Wait until the result is available or ``timeout`` seconds pass.
+
+        Raises:
+            ForkedProcessError: in a child forked from the pool's process, where nothing
+                would ever deliver the result.
+        """
+        if self._pid != os.getpid() and not self.ready():
+            raise ForkedProcessError.inherited("this result", self._pid)
         self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> R:
@@ -373,6 +382,7 @@ class IMapIterator(Iterator[Any]):
         self._reading = _NOTHING
         self._lock = threading.Lock()  # one reader at a time takes the next batch
         self._finished = False
+        self._pid = os.getpid()
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -404,6 +414,10 @@ class IMapIterator(Iterator[Any]):
         )
 
     def _next_batch(self, timeout: float | None) -> Any:
+        if self._pid != os.getpid():
+            raise ForkedProcessError.inherited("this imap iterator", self._pid)
+        if timeout is not None:
+            timeout = max(0.0, timeout)  # as the stdlib: a negative timeout does not wait
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             raise multiprocessing.TimeoutError
@@ -443,23 +457,29 @@ class IMapIterator(Iterator[Any]):
         loop = asyncio.get_running_loop()
         sink = self._sink
         while True:
-            with self._lock:  # never held while awaiting; a reading thread may hold it
-                reading = self._reading
-                position = next(reading.positions)
-                if position < reading.size:
-                    return self._shaped(reading, position)
-                with sink.cond:
-                    if sink.batches or sink.done:
-                        try:
-                            self._take()
-                        except StopIteration:
-                            raise StopAsyncIteration from None
+            reading = self._reading
+            position = next(reading.positions)
+            if position < reading.size:
+                return self._shaped(reading, position)
+            # Only tries the lock: a thread reading at the same time may hold it while it
+            # waits, and the event loop must not wait with it.
+            if self._lock.acquire(blocking=False):
+                try:
+                    if self._reading is reading:  # nobody took the next batch meanwhile
+                        with sink.cond:
+                            if sink.batches or sink.done:
+                                try:
+                                    self._take()
+                                except StopIteration:
+                                    raise StopAsyncIteration from None
+                                continue
+                    else:
                         continue
+                finally:
+                    self._lock.release()
             waiter = sink.wait_async(loop)
-            if waiter is None:
-                continue
             try:
-                await waiter
+                await (asyncio.sleep(0) if waiter is None else waiter)
             except asyncio.CancelledError:
                 self.close()
                 raise

@@ -58,8 +58,11 @@ _init_lock = threading.Lock()
 #: Ray was connected when this process was forked from its parent: the connection is the
 #: parent's, and unusable here.
 _inherited_ray = False
-#: The runtime environment raypool started Ray with, when raypool started it.
-_job_runtime_env: dict[str, Any] | None = None
+#: raypool has used Ray in this process: a child forked from it gets Ray's exit hooks
+#: detached (``_detach_inherited_ray``).
+_used_ray = False
+#: ``(job id, runtime env)`` of the Ray job raypool started, when it started one.
+_started_job: tuple[str, dict[str, Any] | None] | None = None
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -125,8 +128,10 @@ def ensure_ray(
         ClusterUnreachableError: ``address`` cannot be reached.
         ForkedProcessError: this process was forked from one connected to Ray.
     """
-    global _job_runtime_env
+    global _started_job, _used_ray, _inherited_ray
     with _init_lock:
+        if _inherited_ray and not ray.is_initialized():
+            _inherited_ray = False  # the child shut the inherited connection down itself
         if _inherited_ray:
             raise ForkedProcessError(
                 f"raypool cannot run in this process: it was forked from process "
@@ -135,6 +140,7 @@ def ensure_ray(
                 "'forkserver' start method (multiprocessing.get_context('spawn'), or "
                 "mp_context= for ProcessPoolExecutor) instead of 'fork'"
             )
+        _used_ray = True
         if ray.is_initialized():
             return False
         target = address or os.environ.get("RAY_ADDRESS")
@@ -162,14 +168,18 @@ def ensure_ray(
                     "~/.ray/auth_token"
                 ) from exc
             raise
-        _job_runtime_env = dict(runtime_env) if runtime_env else None
+        job = ray.get_runtime_context().get_job_id()
+        _started_job = job, dict(runtime_env) if runtime_env else None
         return True
 
 
 def job_runtime_env() -> dict[str, Any] | None:
-    """The runtime environment of Ray's job when raypool started Ray (its tasks inherit
-    it), else ``None``."""
-    return _job_runtime_env
+    """The runtime environment of the current Ray job when raypool started it (its tasks
+    inherit it), else ``None``."""
+    if _started_job is None or not ray.is_initialized():
+        return None
+    job, runtime_env = _started_job
+    return runtime_env if ray.get_runtime_context().get_job_id() == job else None
 
 
 def _refused_token(exc: BaseException) -> bool:
@@ -262,12 +272,13 @@ def _first_line(exc: BaseException) -> str:
 def _after_fork() -> None:
     """In a forked child: forget the parent's lock and CPU count; a Ray connection, if the
     parent had one, is the parent's - refuse it, and detach Ray's exit machinery from it."""
-    global _init_lock, _cpus, _inherited_ray
+    global _init_lock, _cpus, _inherited_ray, _used_ray
     _init_lock = threading.Lock()
     _cpus = None
-    if ray.is_initialized():
+    if _used_ray and ray.is_initialized():
         _inherited_ray = True
         _detach_inherited_ray()
+    _used_ray = False
 
 
 def _detach_inherited_ray() -> None:
@@ -286,7 +297,11 @@ def _detach_inherited_ray() -> None:
     * a C ``atexit`` handler that destroys Ray's core worker - it waits forever on a lock a
       parent thread held at the fork. The child ends with ``_exit`` (keeping its exit
       status) once Python has finished its own exit, before C handlers run (glibc's
-      ``on_exit``; Linux, where ``fork`` is the default start method).
+      ``on_exit``; Linux, where ``fork`` is the default start method). That skips every C
+      exit handler registered before the fork, not only Ray's.
+
+    Only in children of a process where raypool used Ray; Ray's native objects kept alive
+    keep what they reference too (no finalizer of theirs runs in the child).
     """
     atexit.unregister(ray.shutdown)
     worker = sys.modules.get("ray._private.worker")
@@ -304,10 +319,12 @@ def _detach_inherited_ray() -> None:
 def _exit_functions() -> tuple[Any, Any] | None:
     """glibc's ``on_exit`` and ``_exit``, or ``None`` elsewhere. Looked up at import: a
     forked child must not load symbols (the loader's lock may be held by a parent thread)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(None)
         return libc.on_exit, libc._exit  # noqa: SLF001 - libc's _exit(2), not a private member
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # not glibc (musl has no on_exit)
         return None
 
 

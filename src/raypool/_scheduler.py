@@ -54,6 +54,7 @@ import dataclasses
 import enum
 import itertools
 import os
+import sys
 import time
 import warnings
 from collections import deque
@@ -62,7 +63,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ._batching import BatchSizer
 from ._config import MapOptions, StreamLimits
-from ._errors import attach_remote_traceback
+from ._errors import ForkedProcessError, attach_remote_traceback, user_stacklevel
 from ._keys import item_key, key_salt
 from ._outcome import BatchResult, ItemError, merge_part, outputs
 from ._store import CheckpointStore, Recorded
@@ -402,7 +403,7 @@ class _Lookup:
                 "an item cannot be keyed for the checkpoint (it cannot be pickled); such "
                 "items are computed on every run",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         return keys
 
@@ -496,6 +497,11 @@ class MapRun:
         self._state = to
 
     @property
+    def reruns_waiting(self) -> bool:
+        """Whether parts of a lost task (or items to retry) wait for the throttle."""
+        return bool(self._reruns)
+
+    @property
     def wants_tasks(self) -> bool:
         """Whether it would start tasks if admitted: input is still read, or parts wait to
         run again."""
@@ -536,9 +542,14 @@ class MapRun:
             return False
         return self._throttle is None or self._throttle.admit()
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise ForkedProcessError.inherited("this map call", self._pid)
+
     def fill(self) -> None:
         """Submit the parts waiting to run again, then read and submit input until the
         window is full or the input ends - as far as the throttle admits."""
+        self._check_process()
         self._submit_reruns()
         while self._state is RunState.FILLING and not self._reruns and self._room():
             if self._halt_input is not None and self._halt_input():
@@ -593,10 +604,12 @@ class MapRun:
 
     def wait(self) -> None:
         """Block until a task finishes, and take it in."""
+        self._check_process()
         self.complete(self._backend.wait(list(self._in_flight)))
 
     async def wait_async(self) -> None:
         """``wait`` without blocking the event loop."""
+        self._check_process()
         self.complete(await self._backend.wait_async(list(self._in_flight)))
 
     def when_done(self, handle: Any, callback: Callable[[Any], None]) -> None:
@@ -700,6 +713,8 @@ class MapRun:
         """Cancel what is still in flight and make the checkpoint durable (idempotent)."""
         if self._state is RunState.CLOSED or os.getpid() != self._pid:
             return  # closed, or a forked child's copy: the tasks and store are the parent's
+        if sys.is_finalizing():
+            return  # dropped at the interpreter's very end: Ray and the stores closed before
         self._move(RunState.CLOSED)
         self._reruns.clear()
         try:
@@ -710,6 +725,8 @@ class MapRun:
             if self._in_flight:
                 self._backend.cancel(list(self._in_flight))
                 self._in_flight.clear()
+            self._ordered.clear()  # nobody takes them now: release the results
+            self._ready.clear()
         finally:
             try:
                 if self._store is not None:

@@ -43,7 +43,6 @@ import os
 import pickle
 import re
 import sqlite3
-import sys
 import threading
 import time
 import warnings
@@ -52,7 +51,7 @@ from typing import Any, Protocol
 
 from . import _lifecycle
 from ._config import Checkpoint, check_checkpoint, check_checkpoint_name
-from ._errors import CheckpointError
+from ._errors import CheckpointError, user_stacklevel
 from ._keys import fingerprint, item_key
 from ._serialization import dumps_value, loads_value
 
@@ -66,7 +65,6 @@ __all__ = [
     "Summary",
     "checkpoint_dir",
     "checkpoint_file",
-    "checkpoint_path",
     "failures",
     "import_ray_map",
     "open_checkpoint",
@@ -155,63 +153,55 @@ def checkpoint_file(name: str) -> str:
     return os.path.join(checkpoint_dir(), check_checkpoint_name(name) + SUFFIX)
 
 
-def checkpoint_path(
+def open_checkpoint(
     checkpoint: Checkpoint,
+    fn: Callable[..., Any],
     *,
     default: Checkpoint,
     default_path: str | os.PathLike[str] | None,
-    fn: Callable[..., Any],
-) -> str | None:
-    """The file of a call's checkpoint, or ``None`` for none.
+    salt: bytes,
+    every: int,
+    interval: float,
+    errors: bool,
+) -> SqliteStore | None:
+    """The store of a call's checkpoint, or ``None`` for none. A ray-map checkpoint found
+    at its path is converted first, with a warning.
 
     Args:
         checkpoint: the call's ``checkpoint=`` (``None``: as the default).
-        default: the constructor's ``checkpoint=``.
-        default_path: the constructor's ``checkpoint_path=`` (``RayMap``, as ray-map).
         fn: the mapped function; ``checkpoint=True`` names the file after its identity
             (``_keys.fingerprint``: module, qualified name, a hash of its code).
+        default: the constructor's ``checkpoint=``.
+        default_path: the constructor's ``checkpoint_path=`` (``RayMap``, as ray-map).
+        salt: what keys this call's items (its calling convention).
+        every, interval, errors: as ``SqliteStore``.
+
+    Raises:
+        TypeError, ValueError: ``checkpoint`` is not a checkpoint.
+        CheckpointError: see ``SqliteStore`` and ``import_ray_map``.
     """
     check_checkpoint(checkpoint)
     if checkpoint is None:
         checkpoint = default
     if checkpoint is False or (checkpoint is None and default_path is None):
         return None
-    if checkpoint is None:
-        return os.fspath(default_path)  # type: ignore[arg-type]
-    if checkpoint is True:
-        return checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint(fn)))
-    if isinstance(checkpoint, str):
-        return checkpoint_file(checkpoint)
-    return os.fspath(checkpoint)
-
-
-def open_checkpoint(
-    path: str, fn: Callable[..., Any], *, salt: bytes, every: int, interval: float, errors: bool
-) -> SqliteStore:
-    """The store at ``path`` for a call of ``fn`` whose items are keyed with ``salt``. A
-    ray-map checkpoint found there is converted first, with a warning.
-
-    Raises:
-        CheckpointError: see ``SqliteStore`` and ``import_ray_map``.
-    """
     identity = fingerprint(fn)
+    if checkpoint is None:
+        path = os.fspath(default_path)  # type: ignore[arg-type]
+    elif checkpoint is True:
+        path = checkpoint_file(re.sub(r"[^A-Za-z0-9._-]", "_", identity))
+    elif isinstance(checkpoint, str):
+        path = checkpoint_file(checkpoint)
+    else:
+        path = os.fspath(checkpoint)
     imported = import_ray_map(path, lambda item: item_key(item, salt), function=identity)
     if imported is not None:
         warnings.warn(
             f"converted ray-map's checkpoint {path} ({imported} results) into a raypool "
             f"checkpoint; ray-map's file is kept as {path}{RAY_MAP_SUFFIX}",
-            stacklevel=_outside_raypool(),
+            stacklevel=user_stacklevel(),
         )
     return SqliteStore(path, every=every, interval=interval, errors=errors, function=identity)
-
-
-def _outside_raypool() -> int:
-    """The ``stacklevel`` that makes a warning raised by the caller point at the user's
-    code: the first frame outside raypool."""
-    level, frame = 1, sys._getframe(1)  # noqa: SLF001 - as warnings' own stacklevel
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("raypool"):
-        level, frame = level + 1, frame.f_back
-    return level
 
 
 def _check_ownership(path: str, what: str) -> None:

@@ -132,3 +132,48 @@ def test_a_child_forked_before_ray_started_may_use_raypool() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "child [0, 1, 4]" in proc.stdout
     assert "exit 0" in proc.stdout
+
+
+def test_what_a_child_inherited_refuses_to_wait_there() -> None:
+    """Iterators and results a forked child inherited from its parent raise
+    ``ForkedProcessError`` once they would need Ray or the parent's threads - never hang."""
+    code = textwrap.dedent(_PRELUDE) + textwrap.dedent(
+        """
+        import time
+
+        def drain(iterator):
+            for _ in range(1_000_000):
+                next(iterator)
+
+        engine = raypool.RayMap(sq).imap(range(1_000_000))
+        next(engine)
+        pool = raypool.Pool(2)
+        stream = pool.imap(sq, range(1_000_000))
+        next(stream)
+        result = pool.apply_async(time.sleep, (3600,))
+        pid = os.fork()
+        if pid == 0:
+            for name, use in (
+                ("engine", lambda: drain(engine)),
+                ("imap", lambda: drain(stream)),
+                ("result", result.get),
+                ("submit", lambda: pool.submit(sq, 2)),
+            ):
+                try:
+                    use()
+                except raypool.ForkedProcessError as exc:
+                    print(name, "refused:", exc, flush=True)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+        pool.terminate()
+        engine.close()
+        print("after", raypool.RayMap(sq).map(range(4)), flush=True)
+        """
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("engine", "imap", "result", "submit"):
+        assert f"{name} refused: " in proc.stdout, proc.stdout
+    assert "child exit 0" in proc.stdout
+    assert "after [0, 1, 4, 9]" in proc.stdout
