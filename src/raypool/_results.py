@@ -348,8 +348,9 @@ class MapResult(AsyncResult[list[R]]):
 
 class _Reading:
     """The batch an ``IMapIterator`` hands out, and a counter of the positions handed out:
-    ``next()`` on an ``itertools.count`` is atomic, so each position goes to one reader
-    without a lock, and a reader that holds this object never mixes two batches."""
+    ``next()`` on an ``itertools.count`` is atomic (one C call under the GIL: the
+    free-threaded build is not covered), so each position goes to one reader without a lock,
+    and a reader that holds this object never mixes two batches."""
 
     __slots__ = ("errors", "items", "plain", "positions", "size", "values")
 
