@@ -393,18 +393,17 @@ class RayPool(concurrent.futures.Executor):
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __del__(self) -> None:
-        core = getattr(self, "_core", None)
-        if core is None or not getattr(self, "_owner", False) or core.state is not PoolState.RUN:
-            return
-        if core.inherited():
-            return  # a forked child's copy: the pool is the parent's
+        # Module globals may be gone at the interpreter's exit: everything is guarded.
         try:
+            core = self._core
+            if not self._owner or core.state is not PoolState.RUN or core.inherited():
+                return  # a view, closed, or a forked child's copy (the parent's pool)
             warnings.warn(
                 f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1
             )
             core.terminate()
         except Exception:
-            pass  # at interpreter exit
+            pass
 
     # -- running calls -----------------------------------------------------------------------
 

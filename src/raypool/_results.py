@@ -496,5 +496,8 @@ class IMapIterator(Iterator[Any]):
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # No module globals here: at the interpreter's exit they may be gone already.
+        try:  # noqa: SIM105 - contextlib is one of them
             self.close()
+        except Exception:
+            pass
