@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import operator
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -321,3 +324,66 @@ def soak_work(marks: str, total: int, x: int) -> int:
 def log_call_power(path: str, x: int, n: int) -> int:
     log_call(path, x)
     return int(x**n)
+
+
+def payload(n: int) -> argparse.Namespace:
+    """An object whose copies the tests can follow with weak references (of a class the
+    workers import: Ray's serializer sends data classes by reference)."""
+    return argparse.Namespace(n=n)
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+class ErrorAtPickle:
+    """Its pickling raises (as CPython's ``test_concurrent_futures`` ``ErrorAtPickle``)."""
+
+    def __reduce__(self) -> Any:
+        raise pickle.PicklingError("error at pickle")
+
+
+class ExitAtPickle:
+    """Its pickling calls ``sys.exit``."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(5)
+
+
+class ErrorAtUnpickle:
+    """Pickles, and its unpickling raises ``ZeroDivisionError`` (a stdlib function rebuilds
+    it: the workers need not import this module to unpickle it)."""
+
+    def __reduce__(self) -> Any:
+        return operator.truediv, (1, 0)
+
+
+class ExitAtUnpickle:
+    """Pickles, and its unpickling calls ``sys.exit(7)``."""
+
+    def __reduce__(self) -> Any:
+        return sys.exit, (7,)
+
+
+def bad_result_on(kind: str, x: Any, bad: Any = 2) -> Any:
+    """``x``, except for ``bad``: an instance of the class named ``kind`` above."""
+    return globals()[kind]() if x == bad else x
+
+
+def exit_on(x: Any, bad: Any = 2, code: int = 3) -> Any:
+    if x == bad:
+        sys.exit(code)
+    return x
+
+
+def interrupt_on(x: Any, bad: Any = 2) -> Any:
+    if x == bad:
+        raise KeyboardInterrupt
+    return x
+
+
+def log_then_wait_for(path: str, count: int, x: Any, timeout: float = 60.0) -> bool:
+    """Logs ``x``, then whether ``count`` calls logged within ``timeout`` seconds: only
+    calls that run at once can all see each other."""
+    log_call(path, x)
+    return wait_for_lines(path, count, timeout)

@@ -20,7 +20,7 @@ ALLOWED = {
     "_batching": set(),
     "_keys": {"_serialization"},
     "_store": {"_config", "_errors", "_keys", "_lifecycle", "_serialization"},
-    "_runtime": {"_errors", "_lifecycle"},
+    "_runtime": {"_errors", "_lifecycle", "_outcome"},
     "_cancel": {"_lifecycle"},
     "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
     "_backend": {"_cancel", "_config", "_errors", "_outcome", "_runtime", "_worker"},
@@ -38,7 +38,7 @@ ALLOWED = {
     },
     "_dispatch": {"_lifecycle", "_outcome", "_scheduler"},
     "_results": {"_dispatch", "_errors", "_outcome"},
-    "_pool": {"_config", "_dispatch", "_engine", "_errors", "_results", "_runtime"},
+    "_pool": {"_config", "_dispatch", "_engine", "_errors", "_lifecycle", "_results", "_runtime"},
     "_cli": {"_config", "_errors", "_store"},
     "__main__": {"_cli"},
 }

@@ -16,15 +16,20 @@ from ._errors import BatchLengthError as BatchLengthError
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import CheckpointError as CheckpointError
 from ._errors import ClusterUnreachableError as ClusterUnreachableError
+from ._errors import EnvironmentSetupError as EnvironmentSetupError
 from ._errors import ForkedProcessError as ForkedProcessError
 from ._errors import PoolClosedError as PoolClosedError
 from ._errors import RayPoolError as RayPoolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteTraceback as RemoteTraceback
+from ._errors import ResultPicklingError as ResultPicklingError
 from ._errors import ResultTooLargeError as ResultTooLargeError
+from ._errors import ResultUnpicklingError as ResultUnpicklingError
 from ._errors import SerializationError as SerializationError
+from ._errors import TaskCancelledError as TaskCancelledError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import WorkerCrashedError as WorkerCrashedError
+from ._errors import WorkerUnpicklingError as WorkerUnpicklingError
 from ._pool import AsyncResult as AsyncResult
 from ._pool import IMapIterator as IMapIterator
 from ._pool import MapResult as MapResult
@@ -40,6 +45,7 @@ __all__ = [
     "BrokenPoolError",
     "CheckpointError",
     "ClusterUnreachableError",
+    "EnvironmentSetupError",
     "ForkedProcessError",
     "IMapIterator",
     "MapIterator",
@@ -56,10 +62,14 @@ __all__ = [
     "RayPoolError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultPicklingError",
     "ResultTooLargeError",
+    "ResultUnpicklingError",
     "SerializationError",
+    "TaskCancelledError",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkerUnpicklingError",
     "__version__",
 ]
 

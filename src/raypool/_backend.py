@@ -22,10 +22,22 @@ from ray import cloudpickle
 
 from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
-from ._errors import SerializationError
+from ._errors import (
+    ResultPicklingError,
+    ResultUnpicklingError,
+    SerializationError,
+    WorkerUnpicklingError,
+)
 from ._outcome import BatchResult, failed_batch
-from ._runtime import classify, cluster_cpus
-from ._worker import Setup, TaskSpec, execute_batch, execute_batch_max_calls, run_batch
+from ._runtime import TaskFailure, classify, cluster_cpus, unpickling_failure
+from ._worker import (
+    Setup,
+    TaskSpec,
+    execute_batch,
+    execute_batch_max_calls,
+    run_batch,
+    unseal,
+)
 
 __all__ = ["InlineBackend", "RayBackend"]
 
@@ -91,14 +103,17 @@ class RayBackend:
             batched,
             self._cancel_key,
             setup,
+            False,
         )
+        self._checked_spec: TaskSpec = (*self._spec[:-1], True)
         # Futures of refs being awaited (asyncio) or watched (``notify``): they hold the
         # result once it arrives, so ``result`` takes it from there.
         self._futures: dict[Any, asyncio.Future[Any] | concurrent.futures.Future[Any]] = {}
 
-    def submit(self, items: list[Any]) -> Any:
+    def submit(self, items: list[Any], checked: bool = False) -> Any:
+        spec = self._checked_spec if checked else self._spec
         try:
-            return self._remote.remote(self._spec, items)
+            return self._remote.remote(spec, items)
         except TypeError as exc:  # Ray could not serialize the arguments
             raise _unserializable(items, exc) from exc
 
@@ -116,21 +131,17 @@ class RayBackend:
         done, _ = await asyncio.wait(by_future, return_when=asyncio.FIRST_COMPLETED)
         return by_future[next(iter(done))]
 
-    def result(self, handle: Any, size: int) -> BatchResult:
+    def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
         future = self._futures.pop(handle, None)
         try:
-            value = future.result() if future is not None else ray.get(handle)
+            sealed = future.result() if future is not None else ray.get(handle)
         except Exception as exc:
-            failure = classify(exc)
-            return failed_batch(
-                size,
-                failure.error,
-                failure.traceback,
-                lost=failure.lost,
-                too_large=failure.too_large,
-            )
-        result: BatchResult = value
-        return result
+            return _failed(classify(exc), items, size)
+        try:
+            result = unseal(sealed)
+        except (Exception, SystemExit) as exc:  # SystemExit: a result's __reduce__ said so
+            return _failed(unpickling_failure(exc), items, size)
+        return _decoded(result, items) if result.encoded else result
 
     def finished(self, handles: Sequence[Any]) -> list[Any]:
         if not handles or not ray.is_initialized():
@@ -159,6 +170,40 @@ class RayBackend:
         self._futures.clear()
 
 
+#: Errors for a whole task that a one-item task pins on its item, naming it.
+_ABOUT_THE_ITEM = (WorkerUnpicklingError, ResultPicklingError, ResultUnpicklingError)
+
+
+def _failed(failure: TaskFailure, items: list[Any] | None, size: int) -> BatchResult:
+    """A batch all of whose items report ``failure``; naming the item, if it is alone."""
+    error = failure.error
+    if items is not None and len(items) == 1 and isinstance(error, _ABOUT_THE_ITEM):
+        error.args = (f"{error.args[0]} (item: {reprlib.repr(items[0])})", *error.args[1:])
+    return failed_batch(size, error, failure.traceback, rerun=failure.rerun)
+
+
+def _decoded(result: BatchResult, items: list[Any] | None) -> BatchResult:
+    """A ``checked`` task's result with each value unpickled alone: one that cannot be
+    (whatever it raises, ``SystemExit`` too) is that item's ``ResultUnpicklingError``."""
+    values = result.values
+    errors = dict(result.errors or {})
+    for position, data in enumerate(values):
+        if position in errors:
+            continue
+        try:
+            values[position] = cloudpickle.loads(data)
+        except (Exception, SystemExit) as exc:
+            values[position] = None
+            named = "" if items is None else f" of item {reprlib.repr(items[position])}"
+            error = ResultUnpicklingError(
+                f"the result{named} cannot be unpickled here: {type(exc).__name__}: {exc}",
+                repr(exc),
+            )
+            error.__cause__ = exc
+            errors[position] = error, ""
+    return result._replace(values=values, errors=errors or None, encoded=False)
+
+
 class _InlineTask:
     __slots__ = ("items", "result")
 
@@ -182,7 +227,7 @@ class InlineBackend:
         self._kwargs: dict[str, Any] = {"unpack": unpack, "timeout": timeout, "batched": batched}
         self.rerunnable = False
 
-    def submit(self, items: list[Any]) -> _InlineTask:
+    def submit(self, items: list[Any], checked: bool = False) -> _InlineTask:
         return _InlineTask(items)
 
     def wait(self, handles: Sequence[Any]) -> Any:
@@ -194,7 +239,7 @@ class InlineBackend:
     async def wait_async(self, handles: Sequence[Any]) -> Any:
         return self.wait(handles)
 
-    def result(self, handle: Any, size: int) -> BatchResult:
+    def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
         task: _InlineTask = handle
         assert task.result is not None, "result() before wait()"
         return task.result

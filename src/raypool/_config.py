@@ -296,9 +296,15 @@ class CallDefaults:
     chunksize: int | None = None
     remote_options: Mapping[str, Any] | None = None
     progress: bool = False
+    max_retries: int | None = None  # None: the pool's (its MapOptions')
+    retry_exceptions: bool | Iterable[type[BaseException]] | None = None
 
     def __post_init__(self) -> None:
         check_timeout(self.timeout)
+        if self.max_retries is not None and (not _is_int(self.max_retries) or self.max_retries < 0):
+            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        if self.retry_exceptions is not None:
+            object.__setattr__(self, "retry_exceptions", retry_types(self.retry_exceptions))
         check_batch_size("chunksize", self.chunksize)
         if self.remote_options is not None and not isinstance(self.remote_options, Mapping):
             raise TypeError(
@@ -309,6 +315,11 @@ class CallDefaults:
         check_checkpoint(self.checkpoint)
         for name in ("safe_exceptions", "ret_args", "progress"):
             object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def retries(self) -> dict[str, Any]:
+        """The ``MapOptions`` fields these defaults override: the retries given."""
+        given = {"max_retries": self.max_retries, "retry_exceptions": self.retry_exceptions}
+        return {name: value for name, value in given.items() if value is not None}
 
     def merged(self, **overrides: Any) -> CallDefaults:
         """These defaults with every override that is not ``None`` (``remote_options``

@@ -195,7 +195,9 @@ class Dispatcher:
         """End the thread once it has handled the events before this one (idempotent)."""
         with self._lock:
             thread = self._stop_locked()
-        if thread is not None and thread is not threading.current_thread():
+        current = threading.current_thread()
+        # Past the exit hook, a thread may never end: a pool dropped then must not hang.
+        if thread is not None and thread is not current and not _lifecycle.exited():
             thread.join()
 
     def _stop_locked(self) -> threading.Thread | None:
@@ -207,20 +209,26 @@ class Dispatcher:
     # -- the dispatcher thread ----------------------------------------------------------------
 
     def _loop(self) -> None:
+        while self._handle_burst():
+            pass
+
+    def _handle_burst(self) -> bool:
+        """Handle the next burst of events as one: one pass of filling after them all.
+        ``False`` once stopped. A function of its own so that no event - and no call, sink or
+        result it references - stays alive in the loop's frame while the thread waits."""
+        events = [self._events.get()]
         while True:
-            events = [self._events.get()]
-            # A burst of completions is handled as one: one pass of filling after them all.
-            while True:
-                try:
-                    events.append(self._events.get_nowait())
-                except queue.Empty:
-                    break
-            for event in events:
-                if event[0] is _STOP:
-                    self._end_all(None)
-                    return
-                self._handle(event)
-            self._fill()
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        for event in events:
+            if event[0] is _STOP:
+                self._end_all(None)
+                return False
+            self._handle(event)
+        self._fill()
+        return True
 
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]

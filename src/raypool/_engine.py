@@ -148,7 +148,6 @@ def open_run(
     checkpoint: Checkpoint = None,
     limits: StreamLimits | None = None,
     throttle: Throttle | None = None,
-    caller: str = "RayMap.imap",
 ) -> MapRun:
     """Open one map call of ``fn`` over ``iterable``; nothing runs until it is driven.
 
@@ -160,7 +159,6 @@ def open_run(
         checkpoint: this call's ``checkpoint=`` (``None``: the spec's).
         limits: ways the input stops early.
         throttle: a cap on tasks shared with other calls (the pool's dispatcher).
-        caller: the method named in the error for an input that is not iterable.
 
     Raises:
         TypeError: ``iterable`` is not iterable.
@@ -169,12 +167,7 @@ def open_run(
         ClusterUnreachableError, ForkedProcessError: Ray cannot be used from here.
     """
     options = options or spec.options
-    try:
-        iterator = iter(iterable)
-    except TypeError:
-        raise TypeError(
-            f"{caller}() needs an iterable of items, got {type(iterable).__name__}"
-        ) from None
+    iterator = iter(iterable)  # Python's own TypeError, as the stdlib's pools raise
     store = open_checkpoint(
         checkpoint,
         fn,
@@ -485,7 +478,6 @@ class RayMap(Generic[R]):
 
     def _open(
         self,
-        method: str,
         iterable: Iterable[Any],
         *,
         timeout: float | None,
@@ -512,7 +504,6 @@ class RayMap(Generic[R]):
             options,
             checkpoint=checkpoint,
             limits=limits,
-            caller=f"RayMap.{method}",
         )
 
     # -- the seed's API ----------------------------------------------------------------------
@@ -559,7 +550,6 @@ class RayMap(Generic[R]):
                 (in input order when ordered), after which the rest is cancelled.
         """
         run = self._open(
-            "imap",
             iterable,
             timeout=timeout,
             safe_exceptions=safe_exceptions,
@@ -608,7 +598,6 @@ class RayMap(Generic[R]):
         Not to be confused with ``multiprocessing.Pool.map_async``: this is asyncio.
         """
         run = self._open(
-            "imap_async",
             iterable,
             timeout=timeout,
             safe_exceptions=safe_exceptions,
@@ -643,7 +632,6 @@ class RayMap(Generic[R]):
 
     def _stream_run(
         self,
-        method: str,
         iterable: Iterable[Any],
         *,
         timeout: float | None,
@@ -661,7 +649,6 @@ class RayMap(Generic[R]):
             limit=limit, ordered_window=ordered_window, time_budget=time_budget, stop=stop
         )
         return self._open(
-            method,
             iterable,
             timeout=timeout,
             safe_exceptions=safe_exceptions,
@@ -705,7 +692,6 @@ class RayMap(Generic[R]):
         """
         return MapIterator(
             self._stream_run(
-                "imap_stream",
                 iterable,
                 timeout=timeout,
                 safe_exceptions=safe_exceptions,
@@ -740,7 +726,6 @@ class RayMap(Generic[R]):
         ray-map compatibility and unused: nothing is queued beyond the window."""
         return _aiterate(
             self._stream_run(
-                "imap_stream_async",
                 iterable,
                 timeout=timeout,
                 safe_exceptions=safe_exceptions,
@@ -765,7 +750,6 @@ class RayMap(Generic[R]):
     ) -> RayMapIterator:
         """``submit`` with a per-item ``timeout``."""
         run = self._open(
-            "submit",
             iterable,
             timeout=timeout,
             safe_exceptions=True,

@@ -12,15 +12,29 @@ change which ``except`` clause fires::
     ├─ BrokenPoolError(RayPoolError, BrokenProcessPool)
     │  │                                            Ray failed under a task (worker or node lost);
     │  │                                            ``__cause__`` is the Ray error
-    │  └─ WorkerCrashedError                        this item's worker process died running it,
-    │                                               every time it was retried
+    │  ├─ WorkerCrashedError                        this item's worker process died running it,
+    │  │                                            every time it was retried
+    │  ├─ EnvironmentSetupError                     Ray could not set up the task's runtime_env
+    │  ├─ WorkerUnpicklingError(..., pickle.UnpicklingError)
+    │  │                                            the item (or the function) could not be
+    │  │                                            unpickled in the worker
+    │  └─ ResultUnpicklingError(..., MaybeEncodingError)
+    │                                               the item's result could not be unpickled
+    │                                               in the driver
+    ├─ ResultPicklingError(RayPoolError, MaybeEncodingError)
+    │                                               the item's result could not be pickled in
+    │                                               the worker
     ├─ TaskTimeoutError(RayPoolError, multiprocessing.TimeoutError,
     │                   concurrent.futures.TimeoutError, TimeoutError)
     │                                               an item ran longer than its ``timeout``
     ├─ SerializationError(RayPoolError, pickle.PicklingError, TypeError)
     │                                               the callable or an item cannot be shipped
-    ├─ ResultTooLargeError(RayPoolError)            this item's result fits neither in Ray's
+    ├─ ResultTooLargeError(RayPoolError, MemoryError)
+    │                                               this item's result fits neither in Ray's
     │                                               object store nor on its spill disk
+    ├─ TaskCancelledError(RayPoolError, concurrent.futures.CancelledError)
+    │                                               Ray cancelled the task (raypool never asks
+    │                                               it to)
     ├─ CheckpointError(RayPoolError)                the checkpoint store is unusable
     ├─ BatchLengthError(RayPoolError, ValueError)   a batched function returned the wrong count
     ├─ RemoteError(RayPoolError)                    an exception that could not be sent back
@@ -44,19 +58,26 @@ import multiprocessing.pool
 import pickle
 import sys
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]  # typeshed lacks it
+from typing import Any
 
 __all__ = [
+    "WorkerUnpicklingError",
     "BatchLengthError",
     "BrokenPoolError",
     "CheckpointError",
     "ClusterUnreachableError",
+    "EnvironmentSetupError",
     "ForkedProcessError",
     "PoolClosedError",
     "RayPoolError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultPicklingError",
     "ResultTooLargeError",
+    "ResultUnpicklingError",
     "SerializationError",
+    "TaskCancelledError",
     "TaskTimeoutError",
     "WorkerCrashedError",
 ]
@@ -81,6 +102,18 @@ class BrokenPoolError(RayPoolError, BrokenProcessPool):
     """
 
 
+class EnvironmentSetupError(BrokenPoolError):
+    """Ray could not set up the task's ``runtime_env`` (a package that does not install, a
+    ``working_dir`` that cannot be uploaded...). Ray's error is the ``__cause__``; the items
+    are not run again."""
+
+
+class TaskCancelledError(RayPoolError, concurrent.futures.CancelledError):
+    """Ray cancelled the task running this item (raypool cancels its own tasks
+    cooperatively and never asks Ray to: someone called ``ray.cancel`` on it). Ray's error
+    is the ``__cause__``."""
+
+
 class WorkerCrashedError(BrokenPoolError):
     """The worker process died while it ran this item - ``os._exit``, a segfault, a kill,
     the out-of-memory killer - on its first run and on each of its ``max_retries`` retries.
@@ -90,13 +123,63 @@ class WorkerCrashedError(BrokenPoolError):
     """
 
 
-class ResultTooLargeError(RayPoolError):
+class ResultTooLargeError(RayPoolError, MemoryError):
     """This item's result could not be stored: Ray's object store was full and so was the
-    disk it spills objects to.
+    disk it spills objects to. A ``MemoryError``: the cluster's memory for results ran out.
 
     The other items of its task are run again without it and are not affected; the item is
     not retried (its result would be as large again). Ray's ``ObjectStoreFullError`` or
     ``OutOfDiskError`` is the ``__cause__``.
+    """
+
+
+class WorkerUnpicklingError(BrokenPoolError, pickle.UnpicklingError):
+    """An item (or the function, or the initializer) could not be unpickled in the worker,
+    which never ran it.
+
+    A ``BrokenProcessPool``, as ``ProcessPoolExecutor`` reports it, and a
+    ``pickle.UnpicklingError``. The other items of its task run without it.
+    """
+
+
+class _ResultError(MaybeEncodingError):  # type: ignore[misc]
+    """``MaybeEncodingError`` with raypool's message; ``exc`` and ``value`` keep the
+    stdlib's meaning (the reprs of the error and of the result)."""
+
+    def __init__(self, message: str, exc: str = "", value: str = "") -> None:
+        Exception.__init__(self, message, exc, value)
+        self.exc = exc
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ResultPicklingError(RayPoolError, _ResultError):
+    """This item's result could not be pickled in the worker to be sent back.
+
+    The ``multiprocessing.pool.MaybeEncodingError`` that ``multiprocessing.Pool`` raises
+    there. ``reason`` is the exception the pickling raised (also a ``BaseException`` such
+    as ``SystemExit``): ``Executor`` code receives that exception itself, as
+    ``ProcessPoolExecutor`` delivers it.
+    """
+
+    def __init__(
+        self, message: str, exc: str = "", value: str = "", reason: BaseException | None = None
+    ) -> None:
+        super().__init__(message, exc, value)
+        self.reason = reason
+
+    def __reduce__(self) -> Any:
+        return type(self), (*self.args, self.reason)
+
+
+class ResultUnpicklingError(BrokenPoolError, _ResultError):
+    """This item's result arrived but could not be unpickled here, in the driver.
+
+    A ``MaybeEncodingError`` for ``Pool`` code and a ``BrokenProcessPool`` for ``Executor``
+    code (what each stdlib pool reports). The exception the unpickling raised is the
+    ``__cause__``.
     """
 
 

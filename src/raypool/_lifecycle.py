@@ -10,17 +10,26 @@ at import; it owns the two hooks raypool installs in the interpreter:
   same hook). It runs the registered callbacks phase by phase, in ``Phase`` order, never
   depending on which module was imported first:
 
-  ================  ==========================================  ========================
-  phase             what                                        registered by
-  ================  ==========================================  ========================
-  ``CANCEL_CALLS``  every pool's calls are cancelled: cancel    ``_dispatch``
-                    flags go up for their tasks still running
-  ``STOP_THREADS``  the pools' dispatcher threads end            ``_dispatch``
-  ``CLOSE_STORES``  checkpoints commit what finished, close     ``_store``
-  ``FORGET_KEYS``   the cancel flags raised so far - also in    ``_cancel``
-                    the phases above - are deleted from Ray's
-                    key-value store
-  ================  ==========================================  ========================
+  ====================  ======================================  ========================
+  phase                 what                                    registered by
+  ====================  ======================================  ========================
+  ``FINISH_EXECUTORS``  no pool takes new work from now on;     ``_pool``
+                        each ``ProcessPoolExecutor`` completes
+                        what was submitted to it, as the
+                        stdlib's does at exit
+  ``CANCEL_CALLS``      every pool's calls are cancelled:       ``_dispatch``
+                        cancel flags go up for their tasks
+                        still running
+  ``STOP_THREADS``      the pools' dispatcher threads end       ``_dispatch``
+  ``CLOSE_STORES``      checkpoints commit what finished, close ``_store``
+  ``FORGET_KEYS``       the cancel flags raised so far - also   ``_cancel``
+                        in the phases above - are deleted from
+                        Ray's key-value store
+  ====================  ======================================  ========================
+
+  From the hook's start, ``exiting()`` is true: pools refuse new work (an ``atexit``
+  handler's ``submit`` raises, as the stdlib's executors do); after it, ``exited()`` is
+  true, and nothing waits for a thread (a pool dropped then must not hang the exit).
 
 * **Fork** - ``os.register_at_fork(after_in_child=...)``. A child forked from a raypool
   process (``multiprocessing``'s ``fork`` start method, ``os.fork()``) inherits raypool's
@@ -65,7 +74,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["LiveSet", "Phase", "at_exit", "forked_from", "on_fork"]
+__all__ = ["LiveSet", "Phase", "at_exit", "exited", "exiting", "forked_from", "on_fork"]
 
 logger = logging.getLogger("raypool")
 
@@ -75,10 +84,11 @@ T = TypeVar("T")
 class Phase(enum.IntEnum):
     """The phases of raypool's exit, in the order they run."""
 
-    CANCEL_CALLS = 1
-    STOP_THREADS = 2
-    CLOSE_STORES = 3
-    FORGET_KEYS = 4
+    FINISH_EXECUTORS = 1
+    CANCEL_CALLS = 2
+    STOP_THREADS = 3
+    CLOSE_STORES = 4
+    FORGET_KEYS = 5
 
 
 _exit_callbacks: list[tuple[Phase, int, Callable[[], None]]] = []
@@ -87,6 +97,9 @@ _fork_callbacks: list[Callable[[], None]] = []
 _pid = os.getpid()
 #: The pid of the process this one was forked from after raypool was imported, or ``None``.
 _parent_pid: int | None = None
+#: The exit hook has started, has run.
+_exiting = False
+_exited = False
 
 
 def at_exit(phase: Phase, callback: Callable[[], None]) -> None:
@@ -103,6 +116,16 @@ def on_fork(reset: Callable[[], None]) -> None:
     """Run ``reset`` in a child process right after a fork: it must drop the parent's
     state (threads, locks, Ray objects) without calling into Ray or waiting on a lock."""
     _fork_callbacks.append(reset)
+
+
+def exiting() -> bool:
+    """Whether this process's exit hook has started: Ray may be going away."""
+    return _exiting
+
+
+def exited() -> bool:
+    """Whether this process's exit hook has run: a thread may never end now."""
+    return _exited
 
 
 def forked_from() -> int | None:
@@ -144,18 +167,22 @@ class LiveSet(Generic[T]):
 
 
 def _run_exit_hooks() -> None:
+    global _exiting, _exited
     if os.getpid() != _pid:
         return  # inherited through a fork that bypassed os.register_at_fork
+    _exiting = True
     for phase, _, callback in list(_exit_callbacks):
         try:
             callback()
         except Exception:  # one failing phase must not keep the others from running
             logger.exception("raypool: exit phase %s failed", phase.name)
+    _exited = True
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _parent_pid
+    global _pid, _parent_pid, _exiting, _exited
     _parent_pid, _pid = _pid, os.getpid()
+    _exiting = _exited = False
     for reset in _fork_callbacks:
         try:
             reset()

@@ -13,13 +13,30 @@ second. The one place that:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-__all__ = ["BatchResult", "ItemError", "failed_batch", "merge_part", "output", "outputs"]
+__all__ = ["BatchResult", "ItemError", "Rerun", "failed_batch", "merge_part", "output", "outputs"]
 
 #: An item's failure: the exception and the traceback text formatted where it was raised.
 ItemError = tuple[BaseException, str]
+
+
+class Rerun(enum.Enum):
+    """What a task that failed as a whole asks of the engine (``BatchResult.rerun``)."""
+
+    #: Nothing: the errors are the items' outcomes.
+    NO = "no"
+    #: The worker process (or node) died under it: run the items again in halves until the
+    #: item that kills its worker runs alone, then that one up to ``max_retries`` times.
+    LOST = "lost"
+    #: One of its items is the cause (its result could not be stored, it could not be
+    #: unpickled in the worker): run them again in halves; alone, the error is the item's.
+    SPLIT = "split"
+    #: Its result could not be pickled or unpickled: run it again once, each value pickled
+    #: and unpickled alone (``encoded``), so that the failure is the item's.
+    CHECKED = "checked"
 
 
 class BatchResult(NamedTuple):
@@ -33,18 +50,17 @@ class BatchResult(NamedTuple):
         retry: positions whose error says nothing about the item - a timeout, a lost
             worker, a task that failed as a whole - so a checkpoint must not record it and a
             resume computes the item again; or ``None``.
-        lost: the task's worker process (or node) died under it: the engine may run its
-            items again.
-        too_large: the task ran, but its result could not be stored: the engine may run its
-            items again in smaller batches.
+        rerun: what the task's failure as a whole asks of the engine (``Rerun``).
+        encoded: each value is its own pickle (a task run ``checked``), to be unpickled
+            one by one in the driver.
     """
 
     values: list[Any]
     errors: dict[int, ItemError] | None
     seconds: float
     retry: frozenset[int] | None = None
-    lost: bool = False
-    too_large: bool = False
+    rerun: Rerun = Rerun.NO
+    encoded: bool = False
 
 
 def failed_batch(
@@ -53,17 +69,14 @@ def failed_batch(
     tb: str = "",
     *,
     retry: bool = True,
-    lost: bool = False,
-    too_large: bool = False,
+    rerun: Rerun = Rerun.NO,
 ) -> BatchResult:
     """A result in which all ``size`` items failed with ``exc``. ``retry``: the failure
     says nothing about the items (a failure of the task, a timeout), so it is never
     checkpointed."""
     every = range(size)
     errors = dict.fromkeys(every, (exc, tb))
-    return BatchResult(
-        [None] * size, errors, 0.0, frozenset(every) if retry else None, lost, too_large
-    )
+    return BatchResult([None] * size, errors, 0.0, frozenset(every) if retry else None, rerun)
 
 
 def merge_part(into: BatchResult | None, size: int, offset: int, part: BatchResult) -> BatchResult:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import enum
+import math
 import multiprocessing
 import os
 import threading
@@ -36,18 +37,18 @@ from concurrent.futures import CancelledError, Future
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+from . import _lifecycle
 from ._config import (
     CallDefaults,
     Checkpoint,
     MapOptions,
     Unpack,
     WorkerOptions,
-    check_batch_size,
     retry_types,
 )
 from ._dispatch import Call, Dispatcher
 from ._engine import Initializer, RunSpec, connect, open_run
-from ._errors import ForkedProcessError, PoolClosedError
+from ._errors import ForkedProcessError, PoolClosedError, ResultPicklingError
 from ._results import (
     AsyncResult,
     FutureSink,
@@ -56,6 +57,7 @@ from ._results import (
     MapResult,
     Outputs,
     StreamSink,
+    executor_error,
 )
 from ._runtime import cluster_cpus
 
@@ -77,6 +79,9 @@ R = TypeVar("R")
 #: flight, 440 with 10); work beyond it waits on the driver, where ``Future.cancel()``
 #: still succeeds.
 QUEUED_TASKS_PER_CPU = 16
+
+#: The smallest share of a CPU a task asks Ray for (Ray counts in ten-thousandths).
+MIN_CPU_SHARE = 0.0001
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -105,16 +110,32 @@ _COUNT_ERRORS = {
     "max_workers": "max_workers must be greater than 0",
     "maxtasksperchild": "maxtasksperchild must be a positive int or None",
     "max_tasks_per_child": "max_tasks_per_child must be >= 1",
+    "chunksize": "Chunksize must be 1+, not {value!r}",
 }
 
 
 def _check_count(name: str, value: object) -> None:
+    """Raise unless ``value`` is ``None`` or an int >= 1, with the stdlib's exception type:
+    ``ValueError`` for a number below 1 (``maxtasksperchild``: for anything but a positive
+    int), ``TypeError`` for what is not a number (``max_tasks_per_child``: not an int)."""
     if value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(_COUNT_ERRORS[name])
+    message = _COUNT_ERRORS[name].format(value=value)
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if not integer and name == "maxtasksperchild":
+        raise ValueError(message)
+    if not integer and name == "max_tasks_per_child":
+        raise TypeError("max_tasks_per_child must be an integer")
+    try:
+        below_one = value < 1  # type: ignore[operator]
+    except TypeError:
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}") from None
+    if below_one:
+        raise ValueError(message)
+    if not integer:  # the stdlib fails later, on the first use; here at the call
+        raise (ValueError if name == "chunksize" else TypeError)(
+            f"{name} must be an int or None, got {value!r}"
+        )
 
 
 class _PoolCore:
@@ -138,6 +159,8 @@ class _PoolCore:
         """Raise unless the pool takes new work (here)."""
         if self.inherited():
             raise ForkedProcessError.inherited("this pool", self.pid)
+        if _lifecycle.exiting():  # the stdlib's executors say so; Ray may be going away
+            raise PoolClosedError("cannot schedule new futures after interpreter shutdown")
         state = self.state
         if state is not PoolState.RUN:
             if executor:
@@ -151,6 +174,27 @@ class _PoolCore:
                 limit = self.processes or QUEUED_TASKS_PER_CPU * cluster_cpus()
                 self.dispatcher = Dispatcher(limit)
             return self.dispatcher
+
+    def size(self) -> int:
+        """How many of the pool's tasks run at once: ``processes``, or the cluster's CPUs
+        (Ray must be connected)."""
+        return self.processes or cluster_cpus()
+
+    def sized(self, spec: RunSpec) -> RunSpec:
+        """``spec`` with each task asking Ray for a share of a CPU when ``processes`` is more
+        than the cluster's CPUs, so that ``processes`` tasks run at once, as ``processes``
+        processes would (I/O-bound code relies on it). Ray options that name ``num_cpus``
+        win. Ray must be connected."""
+        processes = self.processes
+        if processes is None or "num_cpus" in spec.worker.remote_options:
+            return spec
+        cpus = cluster_cpus()
+        if processes <= cpus:
+            return spec
+        share = max(MIN_CPU_SHARE, math.floor(cpus / processes / MIN_CPU_SHARE) * MIN_CPU_SHARE)
+        remote_options = {**spec.worker.remote_options, "num_cpus": share}
+        worker = dataclasses.replace(spec.worker, remote_options=remote_options)
+        return dataclasses.replace(spec, worker=worker)
 
     def start(self, call: Call, executor: bool, future: Future[Any] | None = None) -> None:
         """Start ``call`` (and track its ``future``) if the pool still runs; otherwise close
@@ -176,6 +220,12 @@ class _PoolCore:
             dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.close()
+
+    def finish(self) -> None:
+        """At exit: complete what was submitted (streams are cancelled: nobody reads them)."""
+        self.cancel_streams()
+        self.close()
+        self.join()
 
     def join(self) -> None:
         if self.inherited():
@@ -287,6 +337,7 @@ class RayPool(concurrent.futures.Executor):
             ("max_workers", max_workers),
             ("maxtasksperchild", maxtasksperchild),
             ("max_tasks_per_child", max_tasks_per_child),
+            ("chunksize", chunksize),
         ):
             _check_count(name, value)
         if initializer is not None and not callable(initializer):
@@ -337,6 +388,8 @@ class RayPool(concurrent.futures.Executor):
         chunksize: int | None = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> RayPool:
         """The same pool with other defaults for the keyword extensions.
 
@@ -357,6 +410,8 @@ class RayPool(concurrent.futures.Executor):
             chunksize=chunksize,
             remote_options=remote_options,
             progress=progress,
+            max_retries=max_retries,
+            retry_exceptions=retry_exceptions,
         )
         view._spec = self._spec_for(view._defaults)
         view._owner = False
@@ -367,6 +422,20 @@ class RayPool(concurrent.futures.Executor):
     def state(self) -> PoolState:
         """``RUN``, ``CLOSE`` or ``TERMINATE``."""
         return self._core.state
+
+    @property
+    def _processes(self) -> int:
+        """The pool's size as an int: ``processes``/``max_workers``, or the Ray cluster's
+        CPUs (reading it connects to Ray). A compatibility attribute: some libraries that
+        accept a user's ``multiprocessing`` pool read it."""
+        connect(self._spec)
+        return self._core.size()
+
+    @property
+    def _max_workers(self) -> int:
+        """``_processes`` under ``ProcessPoolExecutor``'s name: dask's local scheduler reads
+        it from any ``Executor`` it is given."""
+        return self._processes
 
     def _check_not_in_callback(self, method: str) -> None:
         dispatcher = self._core.dispatcher
@@ -399,7 +468,10 @@ class RayPool(concurrent.futures.Executor):
             if not self._owner or core.state is not PoolState.RUN or core.inherited():
                 return  # a view, closed, or a forked child's copy (the parent's pool)
             warnings.warn(
-                f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=1
+                f"unclosed running multiprocessing pool {self!r}",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
             )
             core.terminate()
         except Exception:
@@ -441,8 +513,10 @@ class RayPool(concurrent.futures.Executor):
             safe_exceptions=True,  # the sink shapes the outputs
             keep_order=keep_order,
             ret_args=defaults.ret_args,
+            **defaults.retries(),
         )
         connect(spec)  # before the dispatcher, which is sized from the cluster
+        spec = self._core.sized(spec)
         call = self._core.get_dispatcher().call(
             sink,
             lambda throttle: open_run(
@@ -452,7 +526,6 @@ class RayPool(concurrent.futures.Executor):
                 options,
                 checkpoint=defaults.checkpoint,
                 throttle=throttle,
-                caller=f"RayPool.{method}",
             ),
         )
         self._core.start(call, executor, future)
@@ -495,8 +568,10 @@ class RayPool(concurrent.futures.Executor):
         chunksize: int | None,
         overrides: dict[str, Any],
     ) -> Future[list[Any]]:
-        check_batch_size("chunksize", chunksize)
+        _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
+        if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
+            defaults = defaults.merged(chunksize=self._recycling_chunksize(iterable))
         future: Future[list[Any]] = Future()
         outputs = self._outputs(defaults, iterable, method)
         try:
@@ -505,6 +580,18 @@ class RayPool(concurrent.futures.Executor):
             outputs.close()
             raise
         return future
+
+    def _recycling_chunksize(self, iterable: Iterable[Any]) -> int | None:
+        """``map``'s chunks under ``maxtasksperchild``: the stdlib's rule (a quarter of the
+        items per process, rounded up), so a worker is replaced as often as it would be
+        under ``multiprocessing``; ``None`` when the input has no length."""
+        try:
+            length = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        connect(self._spec)
+        chunksize, extra = divmod(length, 4 * self._core.size())
+        return max(1, chunksize + bool(extra))
 
     def _imap(
         self,
@@ -517,8 +604,10 @@ class RayPool(concurrent.futures.Executor):
         unpack: Unpack = "none",
         executor: bool = False,
     ) -> IMapIterator:
-        check_batch_size("chunksize", chunksize)
+        _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
+        if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
+            defaults = defaults.merged(chunksize=1)  # the stdlib's: a worker recycles as often
         outputs = self._outputs(defaults, iterable, method)
         sink = StreamSink(outputs)
         try:
@@ -564,6 +653,8 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
@@ -588,6 +679,8 @@ class RayPool(concurrent.futures.Executor):
                 without computing them (see the README's "Checkpoints").
             remote_options: Ray options of the tasks (``num_cpus``, ``num_gpus``...).
             progress: show a progress bar on stderr (needs ``tqdm``).
+            max_retries, retry_exceptions: this call's retries (see the constructor);
+                ``None`` keeps the pool's.
 
         Raises:
             Exception: the first failed item's exception (in input order), unless
@@ -600,7 +693,14 @@ class RayPool(concurrent.futures.Executor):
         self._check_running()
         iterable, unpack = _zip(iterables, "map")
         overrides = _overrides(
-            timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
+            timeout,
+            safe_exceptions,
+            ret_args,
+            checkpoint,
+            remote_options,
+            progress,
+            max_retries,
+            retry_exceptions,
         )
         self._check_not_in_callback("map")
         return self._map_future("map", func, iterable, unpack, chunksize, overrides).result()
@@ -661,12 +761,21 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> MapResult[R]:
         """``map`` without blocking: a ``MapResult`` whose ``get()`` is the list and whose
         ``callback`` receives it (in input order). Keyword extensions as ``map``."""
         self._check_running()
         overrides = _overrides(
-            timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
+            timeout,
+            safe_exceptions,
+            ret_args,
+            checkpoint,
+            remote_options,
+            progress,
+            max_retries,
+            retry_exceptions,
         )
         future = self._map_future("map_async", func, iterable, "none", chunksize, overrides)
         return MapResult(future, callback, error_callback)
@@ -683,6 +792,8 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> list[Any]:
         """``map`` with each item unpacked as the arguments: ``func(*item)``."""
         self._check_not_in_callback("starmap")
@@ -696,6 +807,8 @@ class RayPool(concurrent.futures.Executor):
             checkpoint=checkpoint,
             remote_options=remote_options,
             progress=progress,
+            max_retries=max_retries,
+            retry_exceptions=retry_exceptions,
         ).get()
 
     def starmap_async(
@@ -712,11 +825,20 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> MapResult[R]:
         """``starmap`` without blocking, as ``map_async``."""
         self._check_running()
         overrides = _overrides(
-            timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
+            timeout,
+            safe_exceptions,
+            ret_args,
+            checkpoint,
+            remote_options,
+            progress,
+            max_retries,
+            retry_exceptions,
         )
         future = self._map_future("starmap_async", func, iterable, "args", chunksize, overrides)
         return MapResult(future, callback, error_callback)
@@ -733,6 +855,8 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> IMapIterator:
         """A lazy ``map``: results in input order, as they become available.
 
@@ -743,7 +867,14 @@ class RayPool(concurrent.futures.Executor):
         ``map``.
         """
         overrides = _overrides(
-            timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
+            timeout,
+            safe_exceptions,
+            ret_args,
+            checkpoint,
+            remote_options,
+            progress,
+            max_retries,
+            retry_exceptions,
         )
         self._check_running()
         return self._imap("imap", func, iterable, chunksize, True, overrides)
@@ -760,10 +891,19 @@ class RayPool(concurrent.futures.Executor):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> IMapIterator:
         """``imap`` with results in the order they finish."""
         overrides = _overrides(
-            timeout, safe_exceptions, ret_args, checkpoint, remote_options, progress
+            timeout,
+            safe_exceptions,
+            ret_args,
+            checkpoint,
+            remote_options,
+            progress,
+            max_retries,
+            retry_exceptions,
         )
         self._check_running()
         return self._imap("imap_unordered", func, iterable, chunksize, False, overrides)
@@ -819,6 +959,9 @@ class ProcessPoolExecutor(RayPool):
     """``RayPool`` with ``concurrent.futures.ProcessPoolExecutor``'s constructor -
     ``ProcessPoolExecutor(max_workers, mp_context, initializer, initargs, *,
     max_tasks_per_child)``, plus ``RayPool``'s keyword-only options - and its lazy ``map``.
+
+    At the interpreter's exit, as the stdlib's: the work submitted and not cancelled
+    completes first (a ``RayPool`` cancels it, as ``multiprocessing.Pool`` does).
     """
 
     def __init__(
@@ -839,6 +982,7 @@ class ProcessPoolExecutor(RayPool):
             max_tasks_per_child=max_tasks_per_child,
             **options,
         )
+        _executors.add(self._core)
 
     def map(  # type: ignore[override]
         self,
@@ -851,6 +995,8 @@ class ProcessPoolExecutor(RayPool):
         checkpoint: Checkpoint = None,
         remote_options: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        max_retries: int | None = None,
+        retry_exceptions: bool | Iterable[type[BaseException]] | None = None,
     ) -> Iterator[Any]:
         """``Executor.map``: an iterator of ``fn(*args)`` over the zipped ``iterables``.
 
@@ -868,7 +1014,14 @@ class ProcessPoolExecutor(RayPool):
         self._check_running(executor=True)
         iterable, unpack = _zip(iterables, "map")
         overrides = _overrides(
-            None, safe_exceptions, ret_args, checkpoint, remote_options, progress
+            None,
+            safe_exceptions,
+            ret_args,
+            checkpoint,
+            remote_options,
+            progress,
+            max_retries,
+            retry_exceptions,
         )
         results = self._imap("map", fn, iterable, chunksize, True, overrides, unpack, executor=True)
         return _until(results, deadline)
@@ -886,6 +1039,8 @@ def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:
                 return
             except multiprocessing.TimeoutError:
                 raise concurrent.futures.TimeoutError from None
+            except ResultPicklingError as exc:
+                raise executor_error(exc) from None
     finally:
         results.close()
 
@@ -897,6 +1052,8 @@ def _overrides(
     checkpoint: Checkpoint,
     remote_options: Mapping[str, Any] | None,
     progress: bool | None,
+    max_retries: int | None,
+    retry_exceptions: bool | Iterable[type[BaseException]] | None,
 ) -> dict[str, Any]:
     """A call's keyword extensions, ``None`` meaning "the pool's default"."""
     return {
@@ -906,6 +1063,8 @@ def _overrides(
         "checkpoint": checkpoint,
         "remote_options": remote_options,
         "progress": progress,
+        "max_retries": max_retries,
+        "retry_exceptions": retry_exceptions,
     }
 
 
@@ -915,3 +1074,10 @@ def _zip(iterables: tuple[Any, ...], method: str) -> tuple[Iterable[Any], Unpack
     if len(iterables) == 1:
         return iterables[0], "none"
     return zip(*iterables, strict=False), "args"  # as the stdlib: the shortest wins
+
+
+#: The cores of live ``ProcessPoolExecutor``s: at exit they complete their work before
+#: every pool's calls are cancelled.
+_executors: _lifecycle.LiveSet[_PoolCore] = _lifecycle.LiveSet(
+    {_lifecycle.Phase.FINISH_EXECUTORS: _PoolCore.finish}
+)

@@ -36,7 +36,7 @@ from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceb
 from typing import Any, Generic, TypeVar
 
 from ._dispatch import Call
-from ._errors import ForkedProcessError, RemoteTraceback
+from ._errors import ForkedProcessError, RemoteTraceback, ResultPicklingError
 from ._outcome import ItemError, output, outputs
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "MapResult",
     "Outputs",
     "StreamSink",
+    "executor_error",
     "settle",
 ]
 
@@ -107,6 +108,19 @@ class Outputs:
 # -- sinks: where a call's outputs go ------------------------------------------------------------
 
 
+def executor_error(exc: BaseException) -> BaseException:
+    """An item's exception as ``concurrent.futures`` delivers it: the worker traceback as its
+    ``_RemoteTraceback``, and a result that could not be pickled as the exception its
+    pickling raised (``multiprocessing.Pool`` reports the ``MaybeEncodingError`` itself)."""
+    if isinstance(exc, ResultPicklingError) and exc.reason is not None:
+        reason, exc = exc, exc.reason
+        exc.__cause__ = reason.__cause__
+    if isinstance(exc.__cause__, RemoteTraceback):
+        # typeshed says a traceback object; it is the formatted text
+        exc.__cause__ = _ExecutorRemoteTraceback(str(exc.__cause__))  # type: ignore[arg-type]
+    return exc
+
+
 class _FutureBacked:
     """A sink whose outcome sets a Future: it starts unless the future was cancelled, and
     takes every batch at once (no back-pressure)."""
@@ -123,40 +137,60 @@ class _FutureBacked:
     def release(self) -> None:
         pass
 
+    def _let_go(self) -> Future[Any]:
+        """The future, which this sink stops referencing: once the caller has the outcome,
+        nothing of the call (still referenced by the dispatcher for a moment) holds it."""
+        future, self.future = self.future, _SETTLED
+        return future
+
+
+#: What a sink holds once it has settled its future.
+_SETTLED: Future[Any] = Future()
+_SETTLED.cancel()
+
 
 class FutureSink(_FutureBacked):
     """One call with one item (``submit``, ``apply_async``): its outcome sets a Future.
 
-    For ``submit`` (``executor=True``) the worker traceback is attached as
-    ``concurrent.futures`` attaches it, for ``apply_async`` as ``multiprocessing`` does.
+    The outcome is kept from ``put`` and set by ``end``, once the call's run is closed (its
+    checkpoint row written). For ``submit`` (``executor=True``) the worker traceback is
+    attached as ``concurrent.futures`` attaches it, for ``apply_async`` as
+    ``multiprocessing`` does.
     """
 
     def __init__(self, future: Future[Any], safe_exceptions: bool, executor: bool) -> None:
         self.future = future
         self._safe = safe_exceptions
         self._executor = executor
+        self._outcome: tuple[bool, Any] | None = None  # (failed, exception or value)
 
     def put(
         self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
     ) -> bool:
-        if errors and self._executor:
+        if errors and not self._safe:
             exc = errors[0][0]
-            if isinstance(exc.__cause__, RemoteTraceback):
-                # typeshed says a traceback object; it is the formatted text
-                exc.__cause__ = _ExecutorRemoteTraceback(str(exc.__cause__))  # type: ignore[arg-type]
-        # Ended by terminate() meanwhile is fine; checking first would race.
-        with contextlib.suppress(InvalidStateError):
-            if errors and not self._safe:
-                self.future.set_exception(errors[0][0])
-            else:
-                self.future.set_result(
-                    output(items, values, errors, 0, safe_exceptions=True, ret_args=False)
-                )
+            if self._executor:
+                exc = executor_error(exc)
+            self._outcome = True, exc
+        else:
+            value = output(items, values, errors, 0, safe_exceptions=True, ret_args=False)
+            self._outcome = False, value
         return True
 
     def end(self, error: BaseException | None) -> None:
-        if error is not None:
-            settle(self.future, error)
+        outcome, self._outcome = self._outcome, None
+        future = self._let_go()
+        if outcome is None:
+            if error is not None:
+                settle(future, error)
+            return
+        # Ended by terminate() meanwhile is fine; checking first would race.
+        with contextlib.suppress(InvalidStateError):
+            failed, value = outcome
+            if failed:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
 
 
 class ListSink(_FutureBacked):
@@ -190,12 +224,14 @@ class ListSink(_FutureBacked):
 
     def end(self, error: BaseException | None) -> None:
         self._outputs.close()
-        error = self._error or error
+        error, self._error = self._error or error, None
+        values, self._values = self._values, []
+        future = self._let_go()
         if error is not None:
-            settle(self.future, error)
+            settle(future, error)
             return
         with contextlib.suppress(InvalidStateError):
-            self.future.set_result(self._values)
+            future.set_result(values)
 
 
 class StreamSink:
@@ -394,7 +430,10 @@ class IMapIterator(Iterator[Any]):
         position = next(reading.positions)
         if position < reading.size:  # the hot path: no lock
             if reading.plain:
-                return reading.values[position]
+                values = reading.values
+                value = values[position]
+                values[position] = None  # handed out: the caller owns it now
+                return value
             return self._shaped(reading, position)
         return self._next_batch(timeout)
 
@@ -402,17 +441,25 @@ class IMapIterator(Iterator[Any]):
         return self.next()
 
     def _shaped(self, reading: _Reading, position: int) -> Any:
-        if reading.plain:
-            return reading.values[position]
-        outputs = self._sink.outputs
-        return output(
-            reading.items,
-            reading.values,
-            reading.errors,
-            position,
-            safe_exceptions=outputs.safe,
-            ret_args=outputs.ret_args,
-        )
+        """The output at ``position``; the batch lets go of its value (and item) - each
+        position is read once, by one reader."""
+        values, items = reading.values, reading.items
+        try:
+            if reading.plain:
+                return values[position]
+            outputs = self._sink.outputs
+            return output(
+                items,
+                values,
+                reading.errors,
+                position,
+                safe_exceptions=outputs.safe,
+                ret_args=outputs.ret_args,
+            )
+        finally:
+            values[position] = None
+            if items is not None:
+                items[position] = None
 
     def _next_batch(self, timeout: float | None) -> Any:
         if self._pid != os.getpid():

@@ -31,11 +31,16 @@ import ray.exceptions
 from . import _lifecycle
 from ._errors import (
     ClusterUnreachableError,
+    EnvironmentSetupError,
     ForkedProcessError,
-    RemoteError,
+    ResultPicklingError,
     ResultTooLargeError,
+    ResultUnpicklingError,
+    TaskCancelledError,
     WorkerCrashedError,
+    WorkerUnpicklingError,
 )
+from ._outcome import Rerun
 
 __all__ = [
     "check_reachable",
@@ -44,6 +49,7 @@ __all__ = [
     "job_runtime_env",
     "TaskFailure",
     "classify",
+    "unpickling_failure",
 ]
 
 #: Seconds to wait for a TCP connection to ``address`` before calling it unreachable.
@@ -222,38 +228,60 @@ class TaskFailure(NamedTuple):
     Attributes:
         error: the exception each item reports.
         traceback: the worker-side traceback text, or ``""``.
-        lost: the task's worker process or node died: its items may run again.
-        too_large: the task ran but its result could not be stored: its items may run
-            again in smaller batches.
+        rerun: what the engine may do about it (``_outcome.Rerun``).
     """
 
     error: BaseException
     traceback: str
-    lost: bool
-    too_large: bool
+    rerun: Rerun
 
 
 def classify(exc: BaseException) -> TaskFailure:
     """The one translation of a Ray exception raised for a whole task (``ray.get`` of its
-    result) into what each of its items reports. A function's own exceptions never reach
-    here: the worker reports them per item."""
+    result) into what each of its items reports, as a raypool error (``__cause__``: Ray's).
+
+    A function's own exceptions never reach here: the worker reports them per item, and
+    raypool's task returns every failure of its own. So a ``RayTaskError`` is Ray's
+    machinery around the task failing: unpickling its arguments, or pickling its result.
+    """
     cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
     if isinstance(cause, _STORE_FULL):
-        error: BaseException = ResultTooLargeError(
-            "the result could not be stored: Ray's object store is full and so is the disk "
-            f"it spills to ({type(cause).__name__}: {_first_line(cause)})"
+        return _failure(
+            ResultTooLargeError(
+                "the result could not be stored: Ray's object store is full and so is the "
+                f"disk it spills to ({type(cause).__name__}: {_first_line(cause)})"
+            ),
+            cause,
+            Rerun.SPLIT,
         )
-        error.__cause__ = cause
-        return TaskFailure(error, "", lost=False, too_large=True)
+    if isinstance(cause, ray.exceptions.TaskCancelledError):
+        # raypool never asks Ray to cancel: someone else did. Not a death, not rerun.
+        return _failure(
+            TaskCancelledError(f"Ray cancelled the task running this item: {_first_line(cause)}"),
+            cause,
+            Rerun.NO,
+        )
     if isinstance(exc, ray.exceptions.RayTaskError):
-        tb = str(exc)
-        if isinstance(cause, BaseException) and not isinstance(cause, KeyboardInterrupt):
-            return TaskFailure(cause, tb, lost=False, too_large=False)
-        return TaskFailure(RemoteError(type(exc).__name__, "the task failed", tb), tb, False, False)
+        if isinstance(cause, ray.exceptions.RaySystemError):
+            error: BaseException = WorkerUnpicklingError(
+                f"this item could not be unpickled in the worker: {_ray_message(cause)}"
+            )
+            return _failure(error, cause, Rerun.SPLIT)
+        error = ResultPicklingError(
+            f"a result could not be pickled in the worker: {type(cause).__name__}: "
+            f"{_first_line(cause)}",
+            repr(cause),
+        )
+        return _failure(error, cause, Rerun.CHECKED, str(exc))
+    if isinstance(exc, ray.exceptions.RaySystemError):
+        return unpickling_failure(exc)
     if not isinstance(exc, ray.exceptions.RayError):
-        return TaskFailure(exc, "", lost=False, too_large=False)
-    # Ray cancelled it (raypool never asks Ray to): not a death of the worker, not rerun.
-    lost = not isinstance(exc, ray.exceptions.TaskCancelledError)
+        return TaskFailure(exc, "", Rerun.NO)
+    if isinstance(exc, ray.exceptions.RuntimeEnvSetupError):
+        error = EnvironmentSetupError(
+            f"Ray could not set up the runtime_env of the task: {str(exc).strip()}"
+        )
+        return _failure(error, exc, Rerun.NO)
     if isinstance(exc, ray.exceptions.OutOfMemoryError):
         error = WorkerCrashedError(
             "Ray's memory monitor killed the worker process running this item: its node "
@@ -261,8 +289,30 @@ def classify(exc: BaseException) -> TaskFailure:
         )
     else:
         error = WorkerCrashedError(f"the worker process running this item died: {exc}")
-    error.__cause__ = exc
-    return TaskFailure(error, "", lost=lost, too_large=False)
+    return _failure(error, exc, Rerun.LOST)
+
+
+def unpickling_failure(exc: BaseException) -> TaskFailure:
+    """What an exception raised by unpickling a task's result here (``SystemExit`` too)
+    means for its items: a ``ResultUnpicklingError``, after a run that checks each value."""
+    error = ResultUnpicklingError(
+        f"a result could not be unpickled here: {type(exc).__name__}: {_ray_message(exc)}",
+        repr(exc),
+    )
+    return _failure(error, exc, Rerun.CHECKED)
+
+
+def _failure(
+    error: BaseException, cause: BaseException, rerun: Rerun, traceback: str = ""
+) -> TaskFailure:
+    error.__cause__ = cause
+    return TaskFailure(error, traceback, rerun)
+
+
+def _ray_message(exc: BaseException) -> str:
+    """Ray's message without its "System error:" prefix and the traceback it appends."""
+    text = _first_line(exc)
+    return text.removeprefix("System error:").strip() or type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:

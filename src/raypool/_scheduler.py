@@ -65,7 +65,7 @@ from ._batching import BatchSizer
 from ._config import MapOptions, StreamLimits
 from ._errors import ForkedProcessError, attach_remote_traceback, user_stacklevel
 from ._keys import item_key, key_salt
-from ._outcome import BatchResult, ItemError, merge_part, outputs
+from ._outcome import BatchResult, ItemError, Rerun, merge_part, outputs
 from ._store import CheckpointStore, Recorded
 
 __all__ = [
@@ -104,8 +104,9 @@ class Backend(Protocol):
     #: batch run in the calling process took that process with it).
     rerunnable: bool
 
-    def submit(self, items: list[Any]) -> Any:
-        """Start a batch; returns its handle."""
+    def submit(self, items: list[Any], checked: bool = False) -> Any:
+        """Start a batch; returns its handle. ``checked``: each value is pickled and
+        unpickled alone, so that one that cannot be is that item's error (a rerun)."""
 
     def wait(self, handles: Sequence[Any]) -> Any:
         """Block until one of ``handles`` (oldest first) is done; return it."""
@@ -113,9 +114,10 @@ class Backend(Protocol):
     async def wait_async(self, handles: Sequence[Any]) -> Any:
         """``wait`` without blocking the event loop."""
 
-    def result(self, handle: Any, size: int) -> BatchResult:
-        """The outcome of a finished batch of ``size`` items. A failure of the whole task
-        becomes a failure of each of its items; this never raises."""
+    def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
+        """The outcome of a finished batch of ``size`` items (``items``, when kept: an
+        error about one item may name it). A failure of the whole task becomes a failure
+        of each of its items; this never raises."""
 
     def finished(self, handles: Sequence[Any]) -> list[Any]:
         """Those of ``handles`` that are done, without waiting."""
@@ -223,18 +225,25 @@ class _Batch:
 
 
 class _Part:
-    """Items of a batch sent to one task: the whole batch, or - after a lost worker, or an
-    exception listed in ``retry_exceptions`` - a slice of it run again."""
+    """Items of a batch sent to one task: the whole batch, or - after a lost worker, an
+    exception listed in ``retry_exceptions``, a result that could not be sent back - a
+    slice of it run again. A part run again is ``checked`` (``Backend.submit``)."""
 
-    __slots__ = ("attempts", "batch", "items", "offset")
+    __slots__ = ("attempts", "batch", "checked", "items", "offset")
 
     def __init__(
-        self, batch: _Batch, offset: int, items: list[Any] | None, attempts: int = 0
+        self,
+        batch: _Batch,
+        offset: int,
+        items: list[Any] | None,
+        attempts: int = 0,
+        checked: bool = False,
     ) -> None:
         self.batch = batch
         self.offset = offset
         self.items = items  # None when items are not kept: it cannot run again
         self.attempts = attempts  # runs after the first of a one-item part
+        self.checked = checked
 
     @property
     def size(self) -> int:
@@ -244,10 +253,14 @@ class _Part:
 class _Retries:
     """The retry/split tree: what follows a finished part.
 
-    A part whose worker died (or whose result Ray could not store) runs again as two
-    halves - which do not count as retries - until the item that kills its worker runs
-    alone; a one-item part runs again up to ``max_retries`` times. Items that raised one of
-    ``retry_exceptions`` run again, each alone, up to ``max_retries`` times.
+    A part whose worker died (``Rerun.LOST``) runs again as two halves - which do not
+    count as retries - until the item that kills its worker runs alone; a one-item part
+    runs again up to ``max_retries`` times. A part one of whose items failed it
+    (``Rerun.SPLIT``: a result Ray could not store, an item the worker could not unpickle)
+    is halved the same way, and alone the error is the item's. A part whose result could
+    not be pickled or unpickled (``Rerun.CHECKED``) runs again once, checked: each value
+    then fails alone. Items that raised one of ``retry_exceptions`` run again, each alone,
+    up to ``max_retries`` times. Every part run again is checked.
     """
 
     def __init__(self, options: MapOptions, rerunnable: bool) -> None:
@@ -260,7 +273,10 @@ class _Retries:
         runs again."""
         if part.items is None:
             return [], result
-        if result.lost or (result.too_large and len(part.items) > 1):
+        rerun = result.rerun
+        if rerun is Rerun.CHECKED and self._rerunnable and not part.checked:
+            return [_Part(part.batch, part.offset, part.items, part.attempts, True)], None
+        if rerun is Rerun.LOST or (rerun is Rerun.SPLIT and len(part.items) > 1):
             if not self._rerunnable:
                 return [], result
             again = self._split(part, part.items)
@@ -274,14 +290,14 @@ class _Retries:
             return self._alone_again(part)
         half = len(items) // 2
         return [
-            _Part(part.batch, part.offset, items[:half]),
-            _Part(part.batch, part.offset + half, items[half:]),
+            _Part(part.batch, part.offset, items[:half], checked=True),
+            _Part(part.batch, part.offset + half, items[half:], checked=True),
         ]
 
     def _alone_again(self, part: _Part) -> list[_Part]:
         if part.attempts >= self._max:
             return []
-        return [_Part(part.batch, part.offset, part.items, part.attempts + 1)]
+        return [_Part(part.batch, part.offset, part.items, part.attempts + 1, True)]
 
     def _retry_raised(
         self, part: _Part, items: list[Any], result: BatchResult
@@ -298,7 +314,7 @@ class _Retries:
         if len(items) == 1:
             parts = self._alone_again(part)
             return (parts, None) if parts else ([], result)
-        parts = [_Part(part.batch, part.offset + i, [items[i]], attempts=1) for i in again]
+        parts = [_Part(part.batch, part.offset + i, [items[i]], 1, True) for i in again]
         errors = {i: error for i, error in result.errors.items() if i not in again}
         return parts, result._replace(errors=errors or None)
 
@@ -595,7 +611,7 @@ class MapRun:
             self._submit(part, part.items)
 
     def _submit(self, part: _Part, items: list[Any]) -> None:
-        handle = self._backend.submit(items)
+        handle = self._backend.submit(items, part.checked)
         self._in_flight[handle] = part
         if self._throttle is not None:
             self._throttle.submitted(handle)
@@ -619,7 +635,7 @@ class MapRun:
     def complete(self, handle: Any) -> None:
         """Take in the result of the finished task ``handle``."""
         part = self._in_flight.pop(handle)
-        result = self._backend.result(handle, part.size)
+        result = self._backend.result(handle, part.items, part.size)
         if result.seconds > 0:
             self._sizer.observe(part.size, result.seconds)
         again: list[_Part] = []

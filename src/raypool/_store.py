@@ -451,6 +451,7 @@ class SqliteStore:
             conn = _connect(self.path)
             while (rows := self._take()) is not None:
                 self._commit(conn, rows)
+                del rows  # no row (a result of the user's) kept while the next ones gather
         except BaseException as exc:  # reported by the next record() and by close()
             self._failure = exc
             with self._cond:

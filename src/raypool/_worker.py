@@ -26,6 +26,8 @@ from __future__ import annotations
 import builtins
 import functools
 import os
+import pickle
+import reprlib
 import signal
 import sys
 import threading
@@ -46,19 +48,22 @@ from ._errors import (
     BatchLengthError,
     BrokenPoolError,
     RemoteError,
-    SerializationError,
+    ResultPicklingError,
     TaskTimeoutError,
+    WorkerUnpicklingError,
 )
 from ._outcome import BatchResult, ItemError, failed_batch
 from ._serialization import loads_callable
 
 __all__ = [
     "TICK_SECONDS",
+    "Sealed",
     "Setup",
     "TaskSpec",
     "execute_batch",
     "execute_batch_max_calls",
     "run_batch",
+    "unseal",
 ]
 
 #: While a batch runs, SIGALRM fires this often. Lower makes a cancelled task stop sooner;
@@ -155,6 +160,14 @@ def _caller(fn: Callable[..., Any], unpack: Unpack, items: Sequence[Any]) -> Cal
     return auto
 
 
+#: What an item's function may raise that becomes that item's outcome, in a worker process:
+#: anything - ``sys.exit()``, ``KeyboardInterrupt`` too - as ``ProcessPoolExecutor``'s
+#: workers report it. In the caller's process (sequential mode) a ``KeyboardInterrupt``
+#: is the user's Ctrl-C: it goes through.
+IN_WORKER: tuple[type[BaseException], ...] = (BaseException,)
+IN_CALLER: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
 def run_batch(
     fn: Callable[..., Any],
     items: Sequence[Any],
@@ -163,10 +176,12 @@ def run_batch(
     timeout: float | None = None,
     batched: bool = False,
     cancelled: threading.Event | None = None,
+    caught: tuple[type[BaseException], ...] = IN_CALLER,
 ) -> BatchResult:
     """Run ``fn`` over ``items`` in this thread, one item at a time.
 
-    An item's exception (or timeout) is recorded against that item and the batch goes on.
+    An item's exception (or timeout) is recorded against that item and the batch goes on;
+    ``caught`` are the exceptions that count as an item's (``IN_WORKER``, ``IN_CALLER``).
     With ``batched=True`` the whole list is one call, ``fn(list(items))``, which must return
     a list of the same length; a timeout or exception then applies to every item. Once
     ``cancelled`` is set the batch stops within a tick; the items it did not finish then
@@ -179,18 +194,21 @@ def run_batch(
         started = time.perf_counter()
         try:
             if batched:
-                result = _run_batched(fn, items, timeout, watchdog)
+                result = _run_batched(fn, items, timeout, watchdog, caught)
             elif timeout is None:
-                result = _run_plain(_caller(fn, unpack, items), items)
+                result = _run_plain(_caller(fn, unpack, items), items, caught)
             else:
-                result = _run_timed(_caller(fn, unpack, items), items, timeout, watchdog)
+                call = _caller(fn, unpack, items)
+                result = _run_timed(call, items, timeout, watchdog, caught)
         except _Cancelled:
             result = failed_batch(len(items), CancelledError("the map call was cancelled"))
         seconds = time.perf_counter() - started
     return result._replace(seconds=seconds)
 
 
-def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> BatchResult:
+def _run_plain(
+    call: Callable[[Any], Any], items: Sequence[Any], caught: tuple[type[BaseException], ...]
+) -> BatchResult:
     # The hot path for tiny items: map() runs the loop in C, and the try is entered once
     # per failure rather than once per item. extend() keeps what it appended before an
     # exception, and ``remaining`` resumes after the failed item.
@@ -201,13 +219,19 @@ def _run_plain(call: Callable[[Any], Any], items: Sequence[Any]) -> BatchResult:
         try:
             values.extend(map(call, remaining))
             return BatchResult(values, errors or None, 0.0)
-        except Exception as exc:
+        except caught as exc:
+            if isinstance(exc, _Cancelled):
+                raise
             errors[len(values)] = (exc, _format(exc))
             values.append(None)
 
 
 def _run_timed(
-    call: Callable[[Any], Any], items: Sequence[Any], timeout: float, watchdog: _Watchdog
+    call: Callable[[Any], Any],
+    items: Sequence[Any],
+    timeout: float,
+    watchdog: _Watchdog,
+    caught: tuple[type[BaseException], ...],
 ) -> BatchResult:
     values: list[Any] = []
     errors: dict[int, ItemError] = {}
@@ -228,15 +252,21 @@ def _run_timed(
             values.append(None)
             errors[position] = _timeout_error(exc, timeout)
             timeouts.add(position)
-        except Exception as exc:
+        except caught as exc:
             watchdog.deadline = None
+            if isinstance(exc, _Cancelled):
+                raise
             values.append(None)
             errors[position] = (exc, _format(exc))
     return BatchResult(values, errors or None, 0.0, frozenset(timeouts) or None)
 
 
 def _run_batched(
-    fn: Callable[..., Any], items: Sequence[Any], timeout: float | None, watchdog: _Watchdog
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    timeout: float | None,
+    watchdog: _Watchdog,
+    caught: tuple[type[BaseException], ...],
 ) -> BatchResult:
     size = len(items)
     started = time.monotonic()
@@ -253,7 +283,9 @@ def _run_batched(
     except _ItemTimeout as exc:
         assert timeout is not None
         return failed_batch(size, *_timeout_error(exc, timeout))
-    except Exception as exc:
+    except caught as exc:
+        if isinstance(exc, _Cancelled):
+            raise
         return failed_batch(size, exc, _format(exc), retry=False)
     try:
         values = list(values)
@@ -287,7 +319,7 @@ def _resolve(
             payload = box[0]
             fn = loads_callable(payload if isinstance(payload, bytes) else ray.get(payload))
         except Exception as exc:
-            raise SerializationError(
+            raise WorkerUnpicklingError(
                 f"a Ray worker cannot load the function to run ({type(exc).__name__}: {exc}); "
                 "its module must be importable on the workers: define it in __main__, or "
                 "ship your code with runtime_env={'working_dir': ...} or 'py_modules'"
@@ -429,13 +461,19 @@ _watcher = CancelWatcher()
 
 
 #: What every task of one call shares: ``(digest, box, unpack, timeout, batched, cancel
-#: key, setup)``. One argument rather than seven: Ray's cost to submit a task grows with
-#: its number of arguments.
-TaskSpec = tuple[str, list[Any], Unpack, float | None, bool, str, Setup | None]
+#: key, setup, checked)``. One argument rather than eight: Ray's cost to submit a task
+#: grows with its number of arguments. ``checked``: pickle each value here (``_encoded``).
+TaskSpec = tuple[str, list[Any], Unpack, float | None, bool, str, Setup | None, bool]
 
 
-def _execute_batch(spec: TaskSpec, items: list[Any]) -> BatchResult:
-    digest, box, unpack, timeout, batched, cancel_key, setup = spec
+def _execute_batch(spec: TaskSpec, items: list[Any]) -> Sealed:
+    result = _run_task(spec, items)
+    checked = spec[-1]
+    return _sealed(_encoded(result, items) if checked else result, items)
+
+
+def _run_task(spec: TaskSpec, items: list[Any]) -> BatchResult:
+    digest, box, unpack, timeout, batched, cancel_key, setup, _ = spec
     _watcher.begin(cancel_key)
     try:
         namespace = None
@@ -443,7 +481,10 @@ def _execute_batch(spec: TaskSpec, items: list[Any]) -> BatchResult:
             namespace, failure = _set_up(setup)
             if failure is not None:
                 return failed_batch(len(items), *failure)
-        fn = _resolve(digest, box, namespace)
+        try:
+            fn = _resolve(digest, box, namespace)
+        except WorkerUnpicklingError as exc:
+            return failed_batch(len(items), exc, _format(exc))
         result = run_batch(
             fn,
             items,
@@ -451,6 +492,7 @@ def _execute_batch(spec: TaskSpec, items: list[Any]) -> BatchResult:
             timeout=timeout,
             batched=batched,
             cancelled=_watcher.cancelled,
+            caught=IN_WORKER,
         )
     finally:
         _watcher.end()
@@ -458,6 +500,68 @@ def _execute_batch(spec: TaskSpec, items: list[Any]) -> BatchResult:
         portable = {position: _portable(error) for position, error in result.errors.items()}
         result = result._replace(errors=portable)
     return result
+
+
+#: What a task returns: its ``BatchResult`` pickled here, and the out-of-band buffers of
+#: that pickle (large arrays: Ray stores them without a copy). Ray then never unpickles a
+#: user's object in its own threads (where a ``SystemExit`` would end the driver): the
+#: driver does, in ``unseal``, where any failure is caught.
+Sealed = tuple[bytes, list[pickle.PickleBuffer]]
+
+
+def _sealed(result: BatchResult, items: list[Any]) -> Sealed:
+    """``result`` pickled; if a value cannot be (whatever its ``__reduce__`` raises,
+    ``SystemExit`` too), pickled value by value so that only that item fails."""
+    try:
+        return _pickle(result)
+    except BaseException:
+        if result.encoded:
+            raise  # bytes and portable errors: cannot fail; a bug if it does
+    return _pickle(_encoded(result, items))
+
+
+def _pickle(result: BatchResult) -> Sealed:
+    buffers: list[pickle.PickleBuffer] = []
+    data = ray.cloudpickle.dumps(result, protocol=5, buffer_callback=buffers.append)  # type: ignore[no-untyped-call]
+    return data, buffers
+
+
+def unseal(sealed: Sealed) -> BatchResult:
+    """The ``BatchResult`` a task sealed (in the driver). Raises what unpickling raises."""
+    data, buffers = sealed
+    result: BatchResult = ray.cloudpickle.loads(data, buffers=buffers)
+    return result
+
+
+def _encoded(result: BatchResult, items: list[Any]) -> BatchResult:
+    """``result`` with each value pickled here, one by one: a value that cannot be pickled
+    becomes that item's ``ResultPicklingError`` instead of failing - or killing - the whole
+    task. The driver unpickles each value alone in the same way (``_backend``)."""
+    values = list(result.values)
+    errors = dict(result.errors or {})
+    for position, value in enumerate(values):
+        if position in errors:
+            continue
+        try:
+            values[position] = ray.cloudpickle.dumps(value)  # type: ignore[no-untyped-call]
+        except BaseException as exc:
+            values[position] = None
+            error = ResultPicklingError(
+                f"the result of item {reprlib.repr(items[position])} cannot be pickled to be "
+                f"sent back: {type(exc).__name__}: {exc}",
+                repr(exc),
+                _safe_repr(value),
+                _portable((exc, ""))[0],
+            )
+            errors[position] = error, _format(exc)
+    return result._replace(values=values, errors=errors or None, encoded=True)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return reprlib.repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
 
 
 #: The Ray task that runs one batch. Defined at import; Ray needs no ``init`` for that.

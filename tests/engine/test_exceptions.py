@@ -20,7 +20,7 @@ from helpers import (
     wait_for_path,
     wait_until_idle,
 )
-from raypool import RayMap, RemoteError, RemoteTraceback, SerializationError
+from raypool import RayMap, RemoteError, RemoteTraceback, WorkerUnpicklingError
 
 
 def test_error_keeps_type_message_and_remote_traceback() -> None:
@@ -148,7 +148,7 @@ def test_function_workers_cannot_import_is_a_clear_error(tmp_path, monkeypatch) 
     source.unlink()
     ckpt = tmp_path / "c.ckpt"
     rmap = RayMap(only_on_the_driver.double, checkpoint_path=str(ckpt))
-    with pytest.raises(SerializationError, match="only_on_the_driver") as info:
+    with pytest.raises(WorkerUnpicklingError, match="only_on_the_driver") as info:
         rmap.map([1, 2])
     assert "runtime_env" in str(info.value)
     # the failure says nothing about the items: it is not checkpointed

@@ -12,7 +12,7 @@ import functools
 import multiprocessing
 import multiprocessing.pool
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import (
     FIRST_COMPLETED,
     CancelledError,
@@ -21,7 +21,6 @@ from concurrent.futures import (
     as_completed,
     wait,
 )
-from concurrent.futures import ProcessPoolExecutor as StdExecutor
 from typing import Any
 
 import pytest
@@ -44,58 +43,6 @@ from helpers import (
     square,
     wait_for_lines,
 )
-
-SPAWN = multiprocessing.get_context("spawn")
-
-
-def _std_pool(processes: int = 2, *args: Any, **kwargs: Any) -> Any:
-    return SPAWN.Pool(processes, *args, **kwargs)
-
-
-def _std_executor(max_workers: int = 2, *args: Any, **kwargs: Any) -> Any:
-    kwargs.setdefault("mp_context", SPAWN)
-    return StdExecutor(max_workers, *args, **kwargs)
-
-
-@pytest.fixture(params=["multiprocessing", "raypool"])
-def make_pool(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    made: list[Any] = []
-
-    def make(*args: Any, **kwargs: Any) -> Any:
-        pool = _std_pool(*args, **kwargs) if request.param == "multiprocessing" else None
-        pool = pool or raypool.Pool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.terminate()
-
-
-@pytest.fixture(scope="module", params=["multiprocessing", "raypool"])
-def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A running pool shared by the tests that neither close nor break it."""
-    shared = _std_pool() if request.param == "multiprocessing" else raypool.Pool()
-    yield shared
-    shared.terminate()
-
-
-@pytest.fixture(params=["concurrent.futures", "raypool"])
-def make_executor(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    made: list[Any] = []
-
-    def make(*args: Any, **kwargs: Any) -> Any:
-        if request.param == "concurrent.futures":
-            executor = _std_executor(*args, **kwargs)
-        else:
-            executor = raypool.ProcessPoolExecutor(*args, **kwargs)
-        made.append(executor)
-        return executor
-
-    yield make
-    for executor in made:
-        executor.shutdown(wait=False, cancel_futures=True)
-
 
 # -- multiprocessing.Pool --------------------------------------------------------------------
 

@@ -119,7 +119,7 @@ def test_join_after_close_completes_iterators_nobody_reads() -> None:
 def test_dropping_a_running_pool_warns_and_frees_its_work() -> None:
     pool = raypool.Pool()
     pool.apply_async(nap, (3600,))
-    with pytest.warns(ResourceWarning, match="unclosed running pool"):
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
         del pool  # the last reference: collected at once
     assert wait_until_idle()
 

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from raypool._outcome import BatchResult, ItemError, failed_batch
+from raypool._outcome import BatchResult, ItemError, Rerun, failed_batch
 from raypool._scheduler import MapRun
 from raypool._store import Recorded, Row
 
@@ -72,7 +72,7 @@ def lost_when(
 
     def respond(items: list[Any]) -> BatchResult:
         if killer in items:
-            return failed_batch(len(items), Died(f"worker died running {items}"), lost=True)
+            return failed_batch(len(items), Died(f"worker died running {items}"), rerun=Rerun.LOST)
         return compute(fn, items)
 
     return respond
@@ -81,11 +81,12 @@ def lost_when(
 class FakeTask:
     """A handle of ``FakeBackend``: the items sent, and (once finished) the result."""
 
-    __slots__ = ("callback", "cancelled", "done", "id", "items", "result", "taken")
+    __slots__ = ("callback", "cancelled", "checked", "done", "id", "items", "result", "taken")
 
-    def __init__(self, task_id: int, items: list[Any]) -> None:
+    def __init__(self, task_id: int, items: list[Any], checked: bool = False) -> None:
         self.id = task_id
         self.items = items
+        self.checked = checked  # submitted as a rerun, each value checked
         self.result: BatchResult | None = None
         self.done = False
         self.taken = False  # result() was called: the driver no longer has it in flight
@@ -192,12 +193,12 @@ class FakeBackend:
 
     # -- Backend -------------------------------------------------------------------------------
 
-    def submit(self, items: list[Any]) -> FakeTask:
+    def submit(self, items: list[Any], checked: bool = False) -> FakeTask:
         with self._cond:
             if self.submit_error is not None:
                 error, self.submit_error = self.submit_error, None
                 raise error
-            task = FakeTask(len(self.tasks), list(items))
+            task = FakeTask(len(self.tasks), list(items), checked)
             self.tasks.append(task)
             self.live += 1
             self.max_live = max(self.max_live, self.live)
@@ -219,7 +220,7 @@ class FakeBackend:
     async def wait_async(self, handles: Sequence[Any]) -> Any:
         return self.wait(handles)
 
-    def result(self, handle: Any, size: int) -> BatchResult:
+    def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
         task: FakeTask = handle
         assert task.done, f"result() of {task} before it finished"
         assert task.result is not None

@@ -27,7 +27,7 @@ from fakes import TIMEOUT, FakeBackend, FakeTask, RecordingSink
 
 from raypool._config import MapOptions
 from raypool._dispatch import Call, CallState, Dispatcher, Sink
-from raypool._outcome import failed_batch
+from raypool._outcome import Rerun, failed_batch
 from raypool._results import FutureSink, IMapIterator, ListSink, Outputs, StreamSink
 from raypool._scheduler import MapRun
 
@@ -405,7 +405,7 @@ def test_a_split_after_a_lost_task_stays_under_the_cap(
     sink, future = list_sink()
     dispatcher.start(open_call(dispatcher, sink, backend, [0, 1], batch_size=2))
     task = backend.next_notified()
-    backend.finish(task, failed_batch(2, RuntimeError("worker died"), lost=True))
+    backend.finish(task, failed_batch(2, RuntimeError("worker died"), rerun=Rerun.LOST))
     backend.fire(task)
     backend.serve(2)  # the two halves
     assert future.result(timeout=TIMEOUT) == [0, 10]

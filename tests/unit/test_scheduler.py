@@ -29,7 +29,7 @@ from fakes import (
 from raypool._config import MapOptions, StreamLimits
 from raypool._errors import RemoteTraceback, TaskTimeoutError
 from raypool._keys import item_key, key_salt
-from raypool._outcome import BatchResult, failed_batch
+from raypool._outcome import BatchResult, Rerun, failed_batch
 from raypool._scheduler import (
     WINDOW_EXTRA,
     WINDOW_PER_CPU,
@@ -340,7 +340,7 @@ def test_a_lost_task_splits_down_to_the_item_that_kills_its_worker() -> None:
 def test_a_result_too_large_splits_but_a_single_item_is_not_retried() -> None:
     def respond(items: list[Any]) -> BatchResult:
         if 2 in items:
-            return failed_batch(len(items), Died("too large"), too_large=True)
+            return failed_batch(len(items), Died("too large"), rerun=Rerun.SPLIT)
         return compute(times_ten, items)
 
     backend = FakeBackend(auto=True, respond=respond)
@@ -350,6 +350,44 @@ def test_a_result_too_large_splits_but_a_single_item_is_not_retried() -> None:
     assert outputs[:2] == [0, 10]
     assert isinstance(outputs[2], Died)
     assert outputs[3] == 30
+
+
+def test_a_result_that_could_not_be_sent_back_runs_again_once_checked() -> None:
+    calls: list[list[Any]] = []
+
+    def respond(items: list[Any]) -> BatchResult:
+        calls.append(items)
+        if len(calls) == 1:  # the task's result as a whole could not be pickled
+            return failed_batch(len(items), Died("at pickle"), rerun=Rerun.CHECKED)
+        result = compute(times_ten, items)  # checked: the one value fails alone
+        return result._replace(errors={2: (Died("item 2 at pickle"), "")})
+
+    backend = FakeBackend(auto=True, respond=respond)
+    run = make_run(range(4), backend, batch_size=4, max_retries=3, safe_exceptions=True)
+    outputs = drain(run)
+    assert backend.submitted == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert [task.checked for task in backend.tasks] == [False, True]
+    assert outputs[:2] == [0, 10]
+    assert str(outputs[2]) == "item 2 at pickle"
+    assert outputs[3] == 30
+
+
+def test_a_checked_run_that_fails_as_a_whole_again_is_not_run_a_third_time() -> None:
+    def respond(items: list[Any]) -> BatchResult:
+        return failed_batch(len(items), Died("at pickle"), rerun=Rerun.CHECKED)
+
+    backend = FakeBackend(auto=True, respond=respond)
+    run = make_run(range(2), backend, batch_size=2, safe_exceptions=True)
+    outputs = drain(run)
+    assert [task.checked for task in backend.tasks] == [False, True]
+    assert [str(out) for out in outputs] == ["at pickle", "at pickle"]
+
+
+def test_reruns_of_lost_tasks_are_checked() -> None:
+    backend = FakeBackend(auto=True, respond=lost_when(3))
+    run = make_run(range(4), backend, batch_size=4, max_retries=1, safe_exceptions=True)
+    drain(run)
+    assert [task.checked for task in backend.tasks] == [False] + [True] * (len(backend.tasks) - 1)
 
 
 def test_retry_exceptions_run_an_item_again_alone() -> None:
@@ -497,7 +535,7 @@ def test_close_records_finished_results_before_cancelling_the_rest() -> None:
     run.fill()
     first, second, third = backend.tasks
     backend.finish(second)
-    backend.finish(third, failed_batch(2, Died("lost"), lost=True))
+    backend.finish(third, failed_batch(2, Died("lost"), rerun=Rerun.LOST))
 
     run.close()
     assert store.rows == [(key(2), False, 20), (key(3), False, 30)]

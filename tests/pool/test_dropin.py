@@ -1,0 +1,458 @@
+"""Drop-in behaviour a real program notices, side by side with the stdlib where it has the
+feature (the fixtures of ``conftest.py``): memory a finished call keeps, exceptions of every
+kind from a worker, Ray's failures, validation, nesting and the interpreter's exit."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import multiprocessing
+import pickle
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from typing import Any
+
+import pytest
+
+import raypool
+from helpers import (
+    ErrorAtUnpickle,
+    bad_result_on,
+    exit_on,
+    flaky_until,
+    identity,
+    interrupt_on,
+    log_then_wait_for,
+    payload,
+    pid_of,
+    wait_until_idle,
+)
+from raypool import ResultPicklingError, ResultUnpicklingError, WorkerUnpicklingError
+
+
+@pytest.fixture(scope="module")
+def raypool_pool() -> Iterator[raypool.Pool]:
+    """A raypool pool for the scenarios the stdlib's pool cannot run."""
+    with raypool.Pool(2) as pool:
+        yield pool
+
+
+# -- 1. finished work is released ------------------------------------------------------------
+
+#: How each method runs ``identity`` over a list of ``payload``s, returning the outputs.
+RUNS: dict[str, Callable[[Any, list[Any]], list[Any]]] = {
+    "map": lambda pool, xs: pool.map(identity, xs),
+    "imap": lambda pool, xs: list(pool.imap(identity, xs)),
+    "imap_unordered": lambda pool, xs: list(pool.imap_unordered(identity, xs)),
+    "starmap": lambda pool, xs: pool.starmap(identity, [(x,) for x in xs]),
+    "apply_async": lambda pool, xs: [pool.apply_async(identity, (x,)).get() for x in xs],
+    "map_async": lambda pool, xs: pool.map_async(identity, xs).get(),
+}
+
+
+def _alive_after(run: Callable[[list[Any]], list[Any]]) -> tuple[int, int]:
+    """``(arguments, results)`` still alive once ``run`` returned and both were dropped."""
+    arguments = [payload(n) for n in range(10)]
+    argument_refs = [weakref.ref(x) for x in arguments]
+    results = run(arguments)
+    assert [r.n for r in results] == list(range(10)) or sorted(r.n for r in results) == list(
+        range(10)
+    )
+    result_refs = [weakref.ref(r) for r in results]
+    del arguments, results
+    gc.collect()
+    return sum(r() is not None for r in argument_refs), sum(r() is not None for r in result_refs)
+
+
+@pytest.mark.parametrize("method", RUNS)
+def test_a_finished_call_keeps_no_argument_or_result(pool: Any, method: str) -> None:
+    for _ in range(3):  # the last call of a series too
+        assert _alive_after(lambda xs: RUNS[method](pool, xs)) == (0, 0)
+
+
+@pytest.mark.parametrize("method", ["map", "imap", "imap_unordered", "starmap", "apply_async"])
+def test_with_a_checkpoint_too(method: str, tmp_path: Any) -> None:
+    with raypool.Pool(2, checkpoint=tmp_path / f"{method}.sqlite") as pool:
+        for _ in range(2):  # computed, then answered from the checkpoint
+            assert _alive_after(lambda xs: RUNS[method](pool, xs)) == (0, 0)
+
+
+def test_submitted_results_are_released(make_executor: Callable[..., Any]) -> None:
+    with make_executor(2) as executor:
+        for _ in range(3):
+            alive = _alive_after(lambda xs: [executor.submit(identity, x).result() for x in xs])
+            assert alive == (0, 0)
+
+
+def test_executor_map_keeps_no_result_it_yielded(make_executor: Callable[..., Any]) -> None:
+    with make_executor(2) as executor:
+        results = executor.map(identity, [payload(n) for n in range(10)])
+        yielded = [weakref.ref(next(results)) for _ in range(5)]
+        gc.collect()
+        assert sum(r() is not None for r in yielded) == 0
+        assert [r.n for r in results] == list(range(5, 10))
+
+
+# -- 4. validation and messages as the stdlib ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "error"),
+    [
+        ("maxtasksperchild", 0, ValueError),
+        ("maxtasksperchild", -1, ValueError),
+        ("maxtasksperchild", 0.5, ValueError),
+        ("maxtasksperchild", "12", ValueError),
+        ("processes", 0, ValueError),
+        ("processes", -1, ValueError),
+        ("processes", 0.5, ValueError),
+        ("processes", "12", TypeError),
+    ],
+)
+def test_pool_counts_are_checked_as_the_stdlib(
+    make_pool: Callable[..., Any], keyword: str, value: Any, error: type[Exception]
+) -> None:
+    kwargs = {"processes": 2, keyword: value}
+    with pytest.raises(error):
+        make_pool(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "error"),
+    [
+        ("max_tasks_per_child", 0, ValueError),
+        ("max_tasks_per_child", -1, ValueError),
+        ("max_tasks_per_child", 0.5, TypeError),
+        ("max_tasks_per_child", "12", TypeError),
+        ("max_workers", 0, ValueError),
+        ("max_workers", -1, ValueError),
+        ("max_workers", "12", TypeError),
+    ],
+)
+def test_executor_counts_are_checked_as_the_stdlib(
+    make_executor: Callable[..., Any], keyword: str, value: Any, error: type[Exception]
+) -> None:
+    kwargs = {"max_workers": 2, keyword: value}
+    with pytest.raises(error):
+        make_executor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-1, ValueError), (0.5, ValueError), ("12", TypeError)]
+)
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_chunksize_is_checked_as_the_stdlib(
+    pool: Any, method: str, value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        list(getattr(pool, method)(identity, [1, 2], value))
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_a_non_iterable_is_pythons_own_type_error(pool: Any, method: str) -> None:
+    with pytest.raises(TypeError, match=r"^'int' object is not iterable$"):
+        list(getattr(pool, method)(identity, 3))
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered", "map", "map_async", "starmap"])
+def test_raypool_raises_it_at_the_call(method: str) -> None:
+    with raypool.Pool(2) as pool, pytest.raises(TypeError, match=r"^'int' object is not iterable$"):
+        getattr(pool, method)(identity, 3)  # not at the first next(), as the stdlib's imap
+
+
+@pytest.mark.parametrize("kind", ["multiprocessing", "raypool"])
+def test_a_running_pool_dropped_warns_as_the_stdlib(kind: str) -> None:
+    pool = multiprocessing.get_context("spawn").Pool(1) if kind == "multiprocessing" else None
+    pools = [pool or raypool.Pool(2)]
+    assert pools[0].map(identity, [1]) == [1]
+    del pool
+    with pytest.warns(ResourceWarning, match="^unclosed running multiprocessing pool"):
+        _drop(pools)
+
+
+def _drop(objects: list[Any]) -> None:
+    objects.clear()
+    gc.collect()
+
+
+def test_retries_per_call(tmp_path: Any) -> None:
+    items = [1, 6, 2]
+    with raypool.Pool(2) as pool:
+        log = str(tmp_path / "default")
+        with pytest.raises(ConnectionError):  # the pool retries no exception
+            pool.starmap(flaky_until, [(log, x) for x in items])
+        log = str(tmp_path / "retried")
+        calls = [(log, x) for x in items]
+        assert pool.starmap(flaky_until, calls, retry_exceptions=(ConnectionError,)) == items
+        log = str(tmp_path / "too-few")
+        calls = [(log, x) for x in items]
+        with pytest.raises(ConnectionError):  # a third run was needed
+            pool.starmap(flaky_until, calls, retry_exceptions=True, max_retries=1)
+        log = str(tmp_path / "map")
+        results = pool.map(functools.partial(flaky_until, log), items, retry_exceptions=True)
+        assert results == items
+        log = str(tmp_path / "imap")
+        results = pool.imap(functools.partial(flaky_until, log), items, retry_exceptions=True)
+        assert list(results) == items
+
+
+# -- 2. BaseException from user code is that item's outcome ----------------------------------
+# -- 3. no Ray exception type reaches a caller ------------------------------------------------
+
+
+def test_sys_exit_in_a_submitted_call_is_its_outcome(make_executor: Callable[..., Any]) -> None:
+    with make_executor(2) as executor:
+        with pytest.raises(SystemExit) as info:
+            executor.submit(exit_on, 2).result()
+        assert info.value.code == 3
+        assert executor.submit(exit_on, 1).result() == 1  # the executor goes on
+
+
+def test_keyboard_interrupt_in_a_submitted_call_is_its_outcome(
+    make_executor: Callable[..., Any],
+) -> None:
+    with make_executor(2) as executor:
+        with pytest.raises(KeyboardInterrupt):
+            executor.submit(interrupt_on, 2).result()
+        assert executor.submit(interrupt_on, 1).result() == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"), [("ErrorAtPickle", pickle.PicklingError), ("ExitAtPickle", SystemExit)]
+)
+def test_a_result_that_cannot_be_pickled_is_the_exception_its_pickling_raised(
+    make_executor: Callable[..., Any], kind: str, error: type[BaseException]
+) -> None:
+    with make_executor(2) as executor:
+        with pytest.raises(error):
+            executor.submit(bad_result_on, kind, 2).result()
+        with pytest.raises(error):  # Executor.map too, at that item
+            list(executor.map(functools.partial(bad_result_on, kind), range(4)))
+
+
+@pytest.mark.parametrize("kind", ["ErrorAtUnpickle", "ExitAtUnpickle"])
+def test_a_result_that_cannot_be_unpickled_is_a_broken_process_pool(
+    make_executor: Callable[..., Any], kind: str
+) -> None:
+    # The stdlib's executor breaks as a whole; raypool's fails that call and goes on.
+    with make_executor(2) as executor, pytest.raises(BrokenProcessPool):
+        executor.submit(bad_result_on, kind, 2).result()
+
+
+def test_an_argument_that_cannot_be_unpickled_is_a_broken_process_pool(
+    make_executor: Callable[..., Any],
+) -> None:
+    with make_executor(2) as executor, pytest.raises(BrokenProcessPool):
+        executor.submit(identity, ErrorAtUnpickle()).result()
+
+
+def test_a_result_that_cannot_be_pickled_is_a_maybe_encoding_error(pool: Any) -> None:
+    with pytest.raises(MaybeEncodingError):
+        pool.apply(bad_result_on, ("ErrorAtPickle", 2))
+    with pytest.raises(MaybeEncodingError):
+        pool.map(functools.partial(bad_result_on, "ErrorAtPickle"), range(6))
+    assert pool.map(identity, range(3)) == [0, 1, 2]  # the pool goes on
+
+
+# The stdlib's Pool cannot do the next ones: its worker dies, or its result thread does, and
+# the call waits forever. raypool's answers are those the stdlib gives where it can.
+
+BAD = 2
+OTHERS = [0, 1, 3, 4, 5]
+
+
+def _outputs(pool: Any, fn: Callable[..., Any], method: str) -> list[Any]:
+    items = range(6)
+    if method == "map":
+        return list(pool.map(fn, items, safe_exceptions=True))
+    if method == "imap":
+        return list(pool.imap(fn, items, safe_exceptions=True))
+    return [pool.apply_async(fn, (x,)).get() if x != BAD else _raised(pool, fn, x) for x in items]
+
+
+def _raised(pool: Any, fn: Callable[..., Any], x: Any) -> BaseException:
+    try:
+        pool.apply_async(fn, (x,)).get()
+    except BaseException as exc:
+        return exc
+    raise AssertionError(f"{fn}({x!r}) raised nothing")
+
+
+@pytest.mark.parametrize("method", ["map", "imap", "apply_async"])
+@pytest.mark.parametrize(
+    ("fn", "error"),
+    [
+        (exit_on, SystemExit),
+        (interrupt_on, KeyboardInterrupt),
+        (functools.partial(bad_result_on, "ErrorAtPickle"), ResultPicklingError),
+        (functools.partial(bad_result_on, "ExitAtPickle"), ResultPicklingError),
+        (functools.partial(bad_result_on, "ErrorAtUnpickle"), ResultUnpicklingError),
+        (functools.partial(bad_result_on, "ExitAtUnpickle"), ResultUnpicklingError),
+    ],
+    ids=[
+        "exit",
+        "interrupt",
+        "error-at-pickle",
+        "exit-at-pickle",
+        "error-at-unpickle",
+        "exit-at-unpickle",
+    ],
+)
+def test_raypool_pool_reports_each_failure_at_its_item(
+    raypool_pool: Any, method: str, fn: Callable[..., Any], error: type[BaseException]
+) -> None:
+    outputs = _outputs(raypool_pool, fn, method)
+    assert [out for i, out in enumerate(outputs) if i != BAD] == OTHERS
+    assert isinstance(outputs[BAD], error), outputs[BAD]
+    if isinstance(outputs[BAD], (ResultPicklingError, ResultUnpicklingError)):
+        assert isinstance(outputs[BAD], MaybeEncodingError)
+        assert "item 2" in str(outputs[BAD]) or "(2,)" in str(outputs[BAD])
+
+
+def test_raypool_names_the_item_that_cannot_be_unpickled_in_the_worker(raypool_pool: Any) -> None:
+    items = [1, ErrorAtUnpickle(), 3]
+    outputs = raypool_pool.map(identity, items, safe_exceptions=True)
+    assert outputs[0] == 1
+    assert outputs[2] == 3
+    assert isinstance(outputs[1], WorkerUnpicklingError)
+    assert isinstance(outputs[1], BrokenProcessPool)
+    assert "ErrorAtUnpickle" in str(outputs[1])
+    assert "division by zero" in str(outputs[1])
+
+
+# -- 8. attributes that real clients read ----------------------------------------------------
+
+
+def test_processes_and_max_workers_hold_the_size(
+    make_pool: Callable[..., Any], make_executor: Callable[..., Any]
+) -> None:
+    assert make_pool(3)._processes == 3
+    assert make_executor(3)._max_workers == 3
+
+
+def test_without_a_size_they_hold_the_clusters_cpus() -> None:
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    with raypool.Pool() as pool, raypool.ProcessPoolExecutor() as executor:
+        assert pool._processes == cpus
+        assert executor._max_workers == cpus
+        assert isinstance(pool._processes, int)
+
+
+# -- 9. maxtasksperchild recycles as often as under multiprocessing --------------------------
+
+
+def test_maxtasksperchild_recycles_a_worker_per_chunk(make_pool: Callable[..., Any]) -> None:
+    pool = make_pool(5, maxtasksperchild=1)
+    assert len(set(pool.map(pid_of, range(20)))) == 20  # chunks of 1 (20 / (4 * 5))
+    assert len(set(pool.imap(pid_of, range(6)))) == 6  # imap: chunksize 1, as the stdlib's
+
+
+# -- 10. processes means concurrency ---------------------------------------------------------
+
+
+def test_more_processes_than_cpus_run_at_once(make_pool: Callable[..., Any], tmp_path: Any) -> None:
+    # Each item logs itself and waits until all 8 have: only 8 at once can all return True.
+    import ray
+
+    assert ray.cluster_resources()["CPU"] < 8
+    log = str(tmp_path / "started")
+    with make_pool(8) as pool:
+        assert pool.map(functools.partial(log_then_wait_for, log, 8), range(8), 1) == [True] * 8
+
+
+def test_an_explicit_num_cpus_wins(tmp_path: Any) -> None:
+    log = str(tmp_path / "started")
+    pool = raypool.Pool(8, remote_options={"num_cpus": 1})
+    try:
+        wait = functools.partial(log_then_wait_for, log, 4, timeout=2.0)
+        assert False in pool.map(wait, range(4), 1)  # 2 at once: the first 2 never see 4
+    finally:
+        pool.terminate()
+
+
+# -- 6. leaving the interpreter --------------------------------------------------------------
+
+_LEAVE = """
+import atexit, sys, time
+
+address, marker, kind = sys.argv[1:4]
+if kind.startswith("raypool"):
+    import ray, raypool
+    ray.init(address=address, logging_level="error")
+    Executor, Pool = raypool.ProcessPoolExecutor, raypool.Pool
+else:
+    from concurrent.futures import ProcessPoolExecutor as Executor
+    from multiprocessing import Pool
+
+
+def save(path):
+    time.sleep(1)
+    with open(path, "w") as file:
+        file.write("saved")
+
+
+def late(pool):
+    try:
+        pool.submit(save, marker + ".late") if hasattr(pool, "submit") else pool.apply_async(
+            save, (marker + ".late",)
+        )
+        print("late: accepted", flush=True)
+    except (RuntimeError, ValueError) as exc:
+        print(f"late: {exc}", flush=True)
+
+
+if __name__ == "__main__":
+    if kind.endswith("pool"):
+        pool = Pool(2)
+        atexit.register(late, pool)
+        pool.apply_async(save, (marker,))
+    else:
+        executor = Executor(2)
+        atexit.register(late, executor)
+        executor.submit(save, marker)  # the script's last line
+"""
+
+
+def _leave(tmp_path: Any, kind: str) -> tuple[Any, Any]:
+    import subprocess
+    import sys
+
+    import ray
+
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVE)
+    marker = tmp_path / "saved"
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, str(script), address, str(marker), kind],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, marker
+
+
+@pytest.mark.parametrize("kind", ["concurrent.futures", "raypool"])
+def test_an_executor_completes_its_work_before_the_interpreter_exits(
+    tmp_path: Any, kind: str
+) -> None:
+    proc, marker = _leave(tmp_path, kind)
+    assert marker.read_text() == "saved"
+    assert proc.stdout.splitlines() == [
+        "late: cannot schedule new futures after interpreter shutdown"
+    ]
+
+
+def test_a_pool_cancels_its_work_at_exit(tmp_path: Any) -> None:
+    proc, marker = _leave(tmp_path, "raypool-pool")
+    assert wait_until_idle()  # the task was stopped, or never started
+    assert not marker.exists()
+    assert proc.stdout.splitlines() == [
+        "late: cannot schedule new futures after interpreter shutdown"
+    ]
