@@ -387,3 +387,27 @@ def log_then_wait_for(path: str, count: int, x: Any, timeout: float = 60.0) -> b
     calls that run at once can all see each other."""
     log_call(path, x)
     return wait_for_lines(path, count, timeout)
+
+
+def put_in(queue: Any, x: Any) -> Any:
+    queue.put(x)
+    return x
+
+
+def set_shared(shared: Any) -> None:
+    """An initializer: keeps ``shared`` (a manager's dict, ...) for ``use_shared``."""
+    global _SHARED
+    _SHARED = shared
+
+
+_SHARED: Any = None
+
+
+def use_shared(x: Any) -> Any:
+    """Writes ``x`` into the initializer's shared dict, under its lock, and sets its event."""
+    shared_dict, lock, event, namespace = _SHARED
+    with lock:
+        shared_dict[x] = x * x
+        namespace.last = x
+    event.set()
+    return x

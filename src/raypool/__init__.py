@@ -18,6 +18,7 @@ from ._errors import CheckpointError as CheckpointError
 from ._errors import ClusterUnreachableError as ClusterUnreachableError
 from ._errors import EnvironmentSetupError as EnvironmentSetupError
 from ._errors import ForkedProcessError as ForkedProcessError
+from ._errors import NotShareableError as NotShareableError
 from ._errors import PoolClosedError as PoolClosedError
 from ._errors import RayPoolError as RayPoolError
 from ._errors import RemoteError as RemoteError
@@ -52,6 +53,7 @@ __all__ = [
     "MapOptions",
     "MapResult",
     "MapStatistics",
+    "NotShareableError",
     "Pool",
     "PoolClosedError",
     "PoolState",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,9 +26,11 @@ from ._errors import (
     ResultUnpicklingError,
     SerializationError,
     WorkerUnpicklingError,
+    item_repr,
 )
 from ._outcome import BatchResult, failed_batch
 from ._runtime import TaskFailure, classify, cluster_cpus, unpickling_failure
+from ._serialization import check_shareable, shipping
 from ._worker import (
     Setup,
     TaskSpec,
@@ -50,12 +51,13 @@ INLINE_CALLABLE_BYTES = 16 * 1024
 
 def _unserializable(items: list[Any], exc: TypeError) -> BaseException:
     """The error that names the item Ray could not send to a worker, and why."""
+    check_shareable(items, "an item")
     for item in items:
         try:
             cloudpickle.dumps(item)  # type: ignore[no-untyped-call]
         except Exception as cause:
             return SerializationError(
-                f"cannot send the item {reprlib.repr(item)} to a worker: "
+                f"cannot send the item {item_repr(item)} to a worker: "
                 f"{type(cause).__name__}: {cause}"
             )
     return exc
@@ -113,7 +115,8 @@ class RayBackend:
     def submit(self, items: list[Any], checked: bool = False) -> Any:
         spec = self._checked_spec if checked else self._spec
         try:
-            return self._remote.remote(spec, items)
+            with shipping():  # Manager() proxies in the items and initargs work there
+                return self._remote.remote(spec, items)
         except TypeError as exc:  # Ray could not serialize the arguments
             raise _unserializable(items, exc) from exc
 
@@ -178,7 +181,7 @@ def _failed(failure: TaskFailure, items: list[Any] | None, size: int) -> BatchRe
     """A batch all of whose items report ``failure``; naming the item, if it is alone."""
     error = failure.error
     if items is not None and len(items) == 1 and isinstance(error, _ABOUT_THE_ITEM):
-        error.args = (f"{error.args[0]} (item: {reprlib.repr(items[0])})", *error.args[1:])
+        error.args = (f"{error.args[0]} (item: {item_repr(items[0])})", *error.args[1:])
     return failed_batch(size, error, failure.traceback, rerun=failure.rerun)
 
 
@@ -194,7 +197,7 @@ def _decoded(result: BatchResult, items: list[Any] | None) -> BatchResult:
             values[position] = cloudpickle.loads(data)
         except (Exception, SystemExit) as exc:
             values[position] = None
-            named = "" if items is None else f" of item {reprlib.repr(items[position])}"
+            named = "" if items is None else f" of item {item_repr(items[position])}"
             error = ResultUnpicklingError(
                 f"the result{named} cannot be unpickled here: {type(exc).__name__}: {exc}",
                 repr(exc),

@@ -21,6 +21,11 @@ daemon thread per pool, driving each call's ``MapRun`` - the engine's one schedu
 * Tasks in flight across all calls never exceed ``max_in_flight``; calls waiting for room
   are served first come, first served. A call that holds as much as its own window allows
   (a stream nobody reads) waits without holding the others up.
+* Inside a Ray task (a pool opened by a function a pool runs), a thread that waits for
+  the pool's results must wait in Ray: Ray lends a task's CPU to other tasks only while
+  it waits in ``ray.get``/``ray.wait``, and on a small cluster the pool's own tasks need
+  that CPU. Such a dispatcher is given ``lend`` (``_runtime.lend_cpu``), and
+  ``wait_until`` waits through it on the pool's tasks in flight.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import enum
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -104,6 +110,12 @@ class Call:
         self.dispatcher.task_started(self, handle)
 
 
+#: How long one wait through ``lend`` lasts at most: a result that arrives without a task
+#: of this pool finishing (a call answered by its checkpoint) is seen this late.
+LEND_SECONDS = 0.05
+#: How often ``wait_until`` looks again while no task of the pool is in flight.
+IDLE_POLL_SECONDS = 0.005
+
 # Events for the dispatcher thread.
 _START = "start"
 _DONE = "done"
@@ -123,8 +135,15 @@ class Dispatcher:
         name: the thread's name.
     """
 
-    def __init__(self, max_in_flight: int | None, name: str = "raypool-dispatcher") -> None:
+    def __init__(
+        self,
+        max_in_flight: int | None,
+        name: str = "raypool-dispatcher",
+        lend: Callable[[list[Any], float], object] | None = None,
+    ) -> None:
         self._limit = max_in_flight
+        self._lend = lend
+        self._handles: dict[Any, None] = {}  # tasks in flight, kept only to ``lend``
         self._name = name
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._waiting: deque[Call] = deque()
@@ -188,8 +207,38 @@ class Dispatcher:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no call is active; ``False`` if ``timeout`` passed first."""
+        if self._lend is not None:
+            return self.wait_until(lambda: self._active == 0, timeout)
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    @property
+    def lends(self) -> bool:
+        """Whether waits for this dispatcher's results go through ``wait_until``."""
+        return self._lend is not None
+
+    def wait_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until ``done()``; ``False`` if ``timeout`` passed first. Waits through
+        ``lend`` on the tasks in flight (with no ``lend``, polls: use it only when
+        ``lends``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            left = LEND_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            handles = self._in_flight_now()
+            if handles and self._lend is not None:
+                self._lend(handles, min(left, LEND_SECONDS))
+            else:
+                time.sleep(min(left, IDLE_POLL_SECONDS))  # nothing runs yet: briefly
+        return True
+
+    def _in_flight_now(self) -> list[Any]:
+        while True:
+            try:
+                return list(self._handles)  # the dispatcher thread may change it meanwhile
+            except RuntimeError:
+                continue
 
     def stop(self) -> None:
         """End the thread once it has handled the events before this one (idempotent)."""
@@ -245,6 +294,8 @@ class Dispatcher:
                 self._handle((_WAKE, released))
             return
         call: Call = event[1]
+        if kind is _DONE and self._lend is not None:
+            self._handles.pop(event[2], None)
         if call.state is CallState.ENDED:
             return
         try:
@@ -313,6 +364,8 @@ class Dispatcher:
     def task_started(self, call: Call, handle: Any) -> None:
         """``call``'s run started the task ``handle`` (dispatcher thread)."""
         self._in_flight += 1
+        if self._lend is not None:
+            self._handles[handle] = None
         call.run.when_done(handle, lambda done: self._events.put((_DONE, call, done)))
 
     def _deliver(self, call: Call) -> int:

@@ -45,7 +45,7 @@ from ._config import (
 from ._keys import key_salt
 from ._runtime import ensure_ray, job_runtime_env
 from ._scheduler import Backend, MapRun, MapStatistics, OnError, Throttle
-from ._serialization import dumps_callable
+from ._serialization import check_shareable, dumps_callable
 from ._store import open_checkpoint
 from ._worker import Setup
 
@@ -78,6 +78,7 @@ class Initializer:
             raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
         self._fn = initializer
         self._args = tuple(initargs)
+        check_shareable(self._args, "an initarg")
         self._lock = threading.RLock()  # an initializer may use its own RayMap
         self._setup: Setup | None = None
         self._ran_here = False

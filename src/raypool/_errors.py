@@ -28,7 +28,9 @@ change which ``except`` clause fires::
     │                   concurrent.futures.TimeoutError, TimeoutError)
     │                                               an item ran longer than its ``timeout``
     ├─ SerializationError(RayPoolError, pickle.PicklingError, TypeError)
-    │                                               the callable or an item cannot be shipped
+    │  │                                            the callable or an item cannot be shipped
+    │  └─ NotShareableError(..., RuntimeError)      it holds a multiprocessing queue, lock...:
+    │                                               use a Manager() one
     ├─ ResultTooLargeError(RayPoolError, MemoryError)
     │                                               this item's result fits neither in Ray's
     │                                               object store nor on its spill disk
@@ -56,6 +58,7 @@ import concurrent.futures
 import multiprocessing
 import multiprocessing.pool
 import pickle
+import reprlib
 import sys
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]  # typeshed lacks it
@@ -69,6 +72,7 @@ __all__ = [
     "ClusterUnreachableError",
     "EnvironmentSetupError",
     "ForkedProcessError",
+    "NotShareableError",
     "PoolClosedError",
     "RayPoolError",
     "RemoteError",
@@ -216,6 +220,14 @@ class SerializationError(RayPoolError, pickle.PicklingError, TypeError):
     """
 
 
+class NotShareableError(SerializationError, RuntimeError):
+    """An argument, an initarg or the function holds a ``multiprocessing`` queue, lock,
+    event, pipe... - objects that only processes ``multiprocessing`` starts can share (it
+    raises a ``RuntimeError`` for them too). The same object from a
+    ``multiprocessing.Manager()`` works: its proxies reach the manager from Ray's workers
+    on the driver's machine."""
+
+
 class CheckpointError(RayPoolError):
     """The checkpoint store could not be read or written."""
 
@@ -276,6 +288,18 @@ class ForkedProcessError(RayPoolError, RuntimeError):
 #: ``concurrent.futures.process._RemoteTraceback`` instead, as ``ProcessPoolExecutor``'s do.
 RemoteTraceback: type[Exception]
 RemoteTraceback = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
+
+
+_ITEM_REPR = reprlib.Repr()
+_ITEM_REPR.maxother = _ITEM_REPR.maxstring = 80
+
+
+def item_repr(item: object) -> str:
+    """How an error names an item: its ``repr``, shortened; never raises."""
+    try:
+        return _ITEM_REPR.repr(item)
+    except Exception:
+        return f"<{type(item).__qualname__} object>"
 
 
 def user_stacklevel() -> int:

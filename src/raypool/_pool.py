@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
@@ -56,10 +56,12 @@ from ._results import (
     ListSink,
     MapResult,
     Outputs,
+    PoolFuture,
     StreamSink,
     executor_error,
 )
-from ._runtime import cluster_cpus
+from ._runtime import cluster_cpus, in_task, lend_cpu
+from ._serialization import check_shareable
 
 __all__ = [
     "AsyncResult",
@@ -172,7 +174,9 @@ class _PoolCore:
         with self.lock:
             if self.dispatcher is None:
                 limit = self.processes or QUEUED_TASKS_PER_CPU * cluster_cpus()
-                self.dispatcher = Dispatcher(limit)
+                # A pool opened in a Ray task waits in Ray, lending the task's CPU to its own
+                # tasks: nested pools do not deadlock on a small cluster.
+                self.dispatcher = Dispatcher(limit, lend=lend_cpu if in_task() else None)
             return self.dispatcher
 
     def size(self) -> int:
@@ -502,6 +506,9 @@ class RayPool(concurrent.futures.Executor):
         future: Future[Any] | None = None,
     ) -> Call:
         """Open the call and hand it to the dispatcher, if the pool still runs then."""
+        if isinstance(iterable, Sequence) and len(iterable):  # a clear error here, not later
+            where = "an argument" if unpack == "call" else "the first item"
+            check_shareable(iterable[:1], f"{where} of {method}()")
         spec = self._spec_for(defaults)
         chunksize = defaults.chunksize
         options = dataclasses.replace(
@@ -550,13 +557,14 @@ class RayPool(concurrent.futures.Executor):
     ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
-        future: Future[Any] = Future()
+        future: PoolFuture[Any] = PoolFuture()
         defaults = self._defaults
         sink = FutureSink(future, defaults.safe_exceptions, executor)
         call_item = [(tuple(args), dict(kwargs))]
-        self._start(
+        call = self._start(
             "submit", fn, call_item, "call", defaults, sink, executor=executor, future=future
         )
+        future.wait_through(call.dispatcher)
         return future
 
     def _map_future(
@@ -567,18 +575,19 @@ class RayPool(concurrent.futures.Executor):
         unpack: Unpack,
         chunksize: int | None,
         overrides: dict[str, Any],
-    ) -> Future[list[Any]]:
+    ) -> PoolFuture[list[Any]]:
         _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
             defaults = defaults.merged(chunksize=self._recycling_chunksize(iterable))
-        future: Future[list[Any]] = Future()
+        future: PoolFuture[list[Any]] = PoolFuture()
         outputs = self._outputs(defaults, iterable, method)
         try:
-            self._start(method, fn, iterable, unpack, defaults, ListSink(future, outputs))
+            call = self._start(method, fn, iterable, unpack, defaults, ListSink(future, outputs))
         except BaseException:
             outputs.close()
             raise
+        future.wait_through(call.dispatcher)
         return future
 
     def _recycling_chunksize(self, iterable: Iterable[Any]) -> int | None:

@@ -35,7 +35,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceback
 from typing import Any, Generic, TypeVar
 
-from ._dispatch import Call
+from ._dispatch import Call, Dispatcher
 from ._errors import ForkedProcessError, RemoteTraceback, ResultPicklingError
 from ._outcome import ItemError, output, outputs
 
@@ -47,6 +47,7 @@ __all__ = [
     "ListSink",
     "MapResult",
     "Outputs",
+    "PoolFuture",
     "StreamSink",
     "executor_error",
     "settle",
@@ -314,6 +315,7 @@ class AsyncResult(Generic[R]):
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
         self._future = future
+        self._dispatcher = future.lender if isinstance(future, PoolFuture) else None
         self._callback = callback
         self._error_callback = error_callback
         self._event = threading.Event()
@@ -359,7 +361,10 @@ class AsyncResult(Generic[R]):
         """
         if self._pid != os.getpid() and not self.ready():
             raise ForkedProcessError.inherited("this result", self._pid)
-        self._event.wait(timeout)
+        if self._dispatcher is not None:  # inside a Ray task: wait in Ray, lending the CPU
+            self._dispatcher.wait_until(self._event.is_set, timeout)
+        else:
+            self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> R:
         """The result, or the exception the call raised, raised here.
@@ -376,6 +381,37 @@ class AsyncResult(Generic[R]):
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "pending"
         return f"<{type(self).__name__} {state}>"
+
+
+class PoolFuture(Future[R]):
+    """The ``Future`` of a pool's call. Inside a Ray task (``Dispatcher.lends``), its
+    ``result()`` and ``exception()`` wait in Ray, lending the task's CPU to the pool's
+    tasks; ``concurrent.futures.wait``/``as_completed`` do not (they wait on the future
+    itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dispatcher: Dispatcher | None = None
+
+    def wait_through(self, dispatcher: Dispatcher) -> None:
+        """Wait through ``dispatcher`` from now on, if it lends."""
+        if dispatcher.lends:
+            self._dispatcher = dispatcher
+
+    @property
+    def lender(self) -> Dispatcher | None:
+        """The dispatcher waits go through, or ``None``."""
+        return self._dispatcher
+
+    def result(self, timeout: float | None = None) -> R:
+        if self._dispatcher is not None and self._dispatcher.wait_until(self.done, timeout):
+            timeout = 0
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._dispatcher is not None and self._dispatcher.wait_until(self.done, timeout):
+            timeout = 0
+        return super().exception(timeout)
 
 
 class MapResult(AsyncResult[list[R]]):
@@ -476,8 +512,12 @@ class IMapIterator(Iterator[Any]):
                 position = next(reading.positions)
                 if position < reading.size:
                     return self._shaped(reading, position)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                dispatcher = self._call.dispatcher
+                if dispatcher.lends:  # inside a Ray task: wait in Ray, lending the CPU
+                    dispatcher.wait_until(lambda: bool(sink.batches) or sink.done, left)
+                    left = 0.0
                 with sink.cond:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     if not sink.cond.wait_for(lambda: sink.batches or sink.done, left):
                         raise multiprocessing.TimeoutError
                     self._take()

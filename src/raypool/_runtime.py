@@ -46,6 +46,8 @@ __all__ = [
     "check_reachable",
     "cluster_cpus",
     "ensure_ray",
+    "in_task",
+    "lend_cpu",
     "job_runtime_env",
     "TaskFailure",
     "classify",
@@ -177,6 +179,17 @@ def ensure_ray(
         job = ray.get_runtime_context().get_job_id()
         _started_job = job, dict(runtime_env) if runtime_env else None
         return True
+
+
+def in_task() -> bool:
+    """Whether this thread runs a Ray task (a pool opened inside a function a pool runs)."""
+    return ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None
+
+
+def lend_cpu(handles: list[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for one of the tasks ``handles`` in ``ray.wait``:
+    while this task waits there, Ray lends its CPU to other tasks - the ones it waits for."""
+    ray.wait(handles, num_returns=1, timeout=timeout, fetch_local=False)
 
 
 def job_runtime_env() -> dict[str, Any] | None:

@@ -12,23 +12,174 @@ directories with it and the worker puts them in front of its ``sys.path`` before
 as ``multiprocessing``'s spawn start method gives each child its parent's ``sys.path``.
 Directories that do not exist where the worker runs (another node) are skipped; the error
 then says to ship the code with ``runtime_env``.
+
+``multiprocessing`` objects (the one place that knows them): a ``Manager()`` proxy is
+pickled with its manager's authkey while raypool pickles for Ray's workers (``shipping``),
+as ``multiprocessing`` does for the children it spawns - a Ray worker's own authkey is not
+the driver's. A ``Queue``, ``Lock``, ``Event``... (not a proxy) lives in this process and
+the processes ``multiprocessing`` starts, never in a Ray worker: ``check_shareable`` and
+the callable's pickling refuse it with ``NotShareableError``, which names ``Manager()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import io
+import multiprocessing.connection
+import multiprocessing.queues
 import os
 import pickle
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from multiprocessing.context import get_spawning_popen, set_spawning_popen
+from types import ModuleType
 from typing import Any
 
 import dill
 
-from ._errors import SerializationError
+from ._errors import NotShareableError, SerializationError
 
-__all__ = ["dumps_callable", "dumps_value", "loads_callable", "loads_value", "user_paths"]
+__all__ = [
+    "check_shareable",
+    "dumps_callable",
+    "dumps_value",
+    "loads_callable",
+    "loads_value",
+    "shipping",
+    "user_paths",
+]
+
+
+def _unshareable_types() -> tuple[type, ...]:
+    types: list[type] = [
+        multiprocessing.queues.Queue,  # JoinableQueue too
+        multiprocessing.queues.SimpleQueue,
+        multiprocessing.connection.Connection,
+    ]
+    try:  # needs a working sem_open
+        from multiprocessing import sharedctypes, synchronize
+    except ImportError:
+        return tuple(types)
+    types += [synchronize.SemLock, synchronize.Condition, synchronize.Event]
+    types += [synchronize.Barrier, sharedctypes.SynchronizedBase]
+    return tuple(types)
+
+
+#: ``multiprocessing`` objects that only processes ``multiprocessing`` starts can receive.
+_UNSHAREABLE = _unshareable_types()
+
+
+def _unshareable(obj: object, where: str) -> NotShareableError:
+    kind = f"multiprocessing.{type(obj).__qualname__}"
+    return NotShareableError(
+        f"{where} holds a {kind}, which only processes that multiprocessing starts can "
+        "share, not Ray's workers: use the same object from a manager instead - "
+        "manager = multiprocessing.Manager(), then manager.Queue(), manager.Lock(), "
+        "manager.Event(), manager.dict()... (its proxies work in the workers on this "
+        "machine)"
+    )
+
+
+class _Workers:
+    """The "process being spawned" while raypool pickles for Ray's workers (``shipping``):
+    ``Manager()`` proxies then include their authkey; a pipe cannot be handed over."""
+
+    def duplicate_for_child(self, fd: int) -> int:
+        raise NotShareableError(
+            "a multiprocessing pipe or queue cannot be sent to Ray's workers: use a "
+            "multiprocessing.Manager().Queue() instead"
+        )
+
+
+_WORKERS = _Workers()
+
+
+class _Shipping:
+    """``shipping()``: a class rather than a generator, for it wraps every task's submit."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = get_spawning_popen()
+        set_spawning_popen(_WORKERS)  # type: ignore[arg-type]  # only tested against None
+
+    def __exit__(self, *exc_info: object) -> None:
+        set_spawning_popen(self._previous)
+
+
+def shipping() -> contextlib.AbstractContextManager[None]:
+    """While this thread pickles for Ray's workers: ``Manager()`` proxies carry their
+    manager's authkey (``BaseProxy.__reduce__`` includes it for a process being spawned),
+    so that they connect from a worker, whose own authkey is not this process's."""
+    return _Shipping()
+
+
+class _NullFile:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+class _Scanner(pickle.Pickler):
+    """Pickles into nothing, to find an unshareable object: at C speed for containers and
+    plain values, which never reach ``reducer_override``; large buffers are not copied."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(_NullFile(), protocol=5, buffer_callback=_ignore)
+        self.where = where
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _UNSHAREABLE):
+            raise _unshareable(obj, self.where)
+        return NotImplemented
+
+
+def _ignore(_: Any) -> None:
+    pass
+
+
+def check_shareable(values: Iterable[Any], where: str) -> None:
+    """Raise ``NotShareableError`` if one of ``values`` (or anything in it) is a
+    ``multiprocessing`` queue, lock, event, pipe... that Ray's workers cannot receive.
+    ``where`` names the values in the message (``"an argument of submit()"``). What
+    ``pickle`` cannot pickle otherwise is left to Ray's serializer to judge."""
+    for value in values:
+        try:
+            _Scanner(where).dump(value)
+        except NotShareableError:
+            raise
+        except Exception:  # not picklable by pickle (a lambda...): Ray's serializer decides
+            continue
+
+
+class _CallablePickler(dill.Pickler):  # type: ignore[misc]
+    """dill, with two exceptions: a module is pickled by name - the worker imports it, as
+    a ``multiprocessing`` child does - where dill would pickle a module from outside
+    ``site-packages`` (an editable install, a project directory) by value, with every
+    global of it; and ``multiprocessing`` queues, locks... are refused."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, ModuleType):
+            name = obj.__name__
+            if name not in _MAIN_MODULES and sys.modules.get(name) is obj:
+                return importlib.import_module, (name,)
+            return NotImplemented
+        if isinstance(obj, _UNSHAREABLE):
+            raise _unshareable(obj, "the function")
+        return NotImplemented
+
+
+#: Modules dill must pickle by value: the driver's script is not the worker's.
+_MAIN_MODULES = frozenset({"__main__", "__mp_main__"})
+
+
+def _dill_dumps(fn: Callable[..., Any]) -> bytes:
+    file = io.BytesIO()
+    with shipping():
+        _CallablePickler(file, recurse=True).dump(fn)
+    return file.getvalue()
 
 
 def _system_dirs() -> tuple[str, ...]:
@@ -78,9 +229,12 @@ def dumps_callable(fn: Callable[..., Any]) -> tuple[bytes, str]:
     Raises:
         SerializationError: ``fn`` (or something it refers to) cannot be serialized; the
             message names the object and the reason.
+        NotShareableError: it holds a ``multiprocessing`` queue, lock...
     """
     try:
-        payload = dill.dumps(fn, recurse=True)
+        payload = _dill_dumps(fn)
+    except NotShareableError:
+        raise
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {fn!r} to send it to Ray workers: {type(exc).__name__}: {exc}"

@@ -27,7 +27,6 @@ import builtins
 import functools
 import os
 import pickle
-import reprlib
 import signal
 import sys
 import threading
@@ -51,6 +50,7 @@ from ._errors import (
     ResultPicklingError,
     TaskTimeoutError,
     WorkerUnpicklingError,
+    item_repr,
 )
 from ._outcome import BatchResult, ItemError, failed_batch
 from ._serialization import loads_callable
@@ -547,21 +547,14 @@ def _encoded(result: BatchResult, items: list[Any]) -> BatchResult:
         except BaseException as exc:
             values[position] = None
             error = ResultPicklingError(
-                f"the result of item {reprlib.repr(items[position])} cannot be pickled to be "
+                f"the result of item {item_repr(items[position])} cannot be pickled to be "
                 f"sent back: {type(exc).__name__}: {exc}",
                 repr(exc),
-                _safe_repr(value),
+                item_repr(value),
                 _portable((exc, ""))[0],
             )
             errors[position] = error, _format(exc)
     return result._replace(values=values, errors=errors or None, encoded=True)
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return reprlib.repr(value)
-    except Exception:
-        return f"<{type(value).__qualname__} object>"
 
 
 #: The Ray task that runs one batch. Defined at import; Ray needs no ``init`` for that.

@@ -27,6 +27,9 @@ from helpers import (
     log_then_wait_for,
     payload,
     pid_of,
+    put_in,
+    set_shared,
+    use_shared,
     wait_until_idle,
 )
 from raypool import ResultPicklingError, ResultUnpicklingError, WorkerUnpicklingError
@@ -406,7 +409,7 @@ def late(pool):
 
 
 if __name__ == "__main__":
-    if kind.endswith("pool"):
+    if kind == "raypool-pool":
         pool = Pool(2)
         atexit.register(late, pool)
         pool.apply_async(save, (marker,))
@@ -444,9 +447,11 @@ def test_an_executor_completes_its_work_before_the_interpreter_exits(
 ) -> None:
     proc, marker = _leave(tmp_path, kind)
     assert marker.read_text() == "saved"
-    assert proc.stdout.splitlines() == [
-        "late: cannot schedule new futures after interpreter shutdown"
-    ]
+    # The stdlib's executor says "after shutdown" here (its ThreadPoolExecutor, and raypool's,
+    # "after interpreter shutdown")
+    late = "cannot schedule new futures after interpreter shutdown"
+    expected = late if kind == "raypool" else late.replace("interpreter ", "")
+    assert proc.stdout.splitlines() == [f"late: {expected}"]
 
 
 def test_a_pool_cancels_its_work_at_exit(tmp_path: Any) -> None:
@@ -456,3 +461,128 @@ def test_a_pool_cancels_its_work_at_exit(tmp_path: Any) -> None:
     assert proc.stdout.splitlines() == [
         "late: cannot schedule new futures after interpreter shutdown"
     ]
+
+
+# -- 7. multiprocessing.Manager() objects as arguments and initargs -------------------------
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[Any]:
+    with multiprocessing.get_context("spawn").Manager() as started:
+        yield started
+
+
+def test_a_manager_queue_in_a_partial(pool: Any, manager: Any) -> None:
+    queue = manager.Queue()
+    assert pool.map(functools.partial(put_in, queue), range(5)) == list(range(5))
+    assert sorted(queue.get(timeout=10) for _ in range(5)) == list(range(5))
+
+
+def test_manager_proxies_as_arguments(pool: Any, manager: Any) -> None:
+    queue = manager.Queue()
+    assert pool.starmap(put_in, [(queue, x) for x in range(3)]) == [0, 1, 2]
+    assert pool.apply_async(put_in, (queue, 7)).get(timeout=60) == 7
+    assert sorted(queue.get(timeout=10) for _ in range(4)) == [0, 1, 2, 7]
+
+
+def test_manager_proxies_as_initargs(make_pool: Callable[..., Any], manager: Any) -> None:
+    shared = (manager.dict(), manager.Lock(), manager.Event(), manager.Namespace())
+    with make_pool(2, initializer=set_shared, initargs=(shared,)) as pool:
+        assert pool.map(use_shared, range(4)) == list(range(4))
+    shared_dict, _, event, namespace = shared
+    assert dict(shared_dict) == {x: x * x for x in range(4)}
+    assert event.is_set()
+    assert namespace.last in range(4)
+
+
+def test_a_manager_proxy_in_a_submitted_call(
+    make_executor: Callable[..., Any], manager: Any
+) -> None:
+    queue = manager.Queue()
+    with make_executor(2) as executor:
+        assert executor.submit(put_in, queue, 3).result(timeout=60) == 3
+    assert queue.get(timeout=10) == 3
+
+
+def _mp_objects() -> dict[str, Any]:
+    spawn = multiprocessing.get_context("spawn")
+    return {
+        "Queue": spawn.Queue(),
+        "Lock": spawn.Lock(),
+        "RLock": spawn.RLock(),
+        "Semaphore": spawn.Semaphore(),
+        "Event": spawn.Event(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["Queue", "Lock", "RLock", "Semaphore", "Event"])
+def test_a_multiprocessing_object_is_refused_at_the_call(kind: str) -> None:
+    shared = _mp_objects()[kind]
+    with raypool.Pool(2) as pool:
+        with pytest.raises(raypool.NotShareableError, match=r"Manager\(\)") as info:
+            pool.apply_async(identity, (shared,))
+        assert isinstance(info.value, RuntimeError)  # what multiprocessing raises for them
+        assert "an argument of submit()" in str(info.value)
+        with pytest.raises(raypool.NotShareableError, match="the function"):
+            pool.map(functools.partial(put_in, shared), range(3))
+        with pytest.raises(raypool.NotShareableError, match="the first item"):
+            pool.starmap(put_in, [(shared, 1)])
+    with pytest.raises(raypool.NotShareableError, match="an initarg"):
+        raypool.Pool(2, initializer=set_shared, initargs=(shared,))
+
+
+def test_tqdm_process_map_lock_is_refused_clearly() -> None:
+    tqdm = pytest.importorskip("tqdm")
+    with pytest.raises(raypool.NotShareableError, match=r"Manager\(\)"):
+        raypool.ProcessPoolExecutor(
+            2, initializer=tqdm.tqdm.set_lock, initargs=(tqdm.tqdm.get_lock(),)
+        )
+
+
+# -- 5. nested pools do not deadlock ---------------------------------------------------------
+
+_NESTED = """
+import ray, raypool
+
+
+def square(x):
+    return x * x
+
+
+def inner(x):  # the second level: a pool in a task of a pool in a task
+    with raypool.Pool() as pool:
+        total = sum(pool.map(square, range(x + 2)))
+        total += sum(pool.imap(square, range(2)))
+        total += pool.apply_async(square, (x,)).get()
+    with raypool.ProcessPoolExecutor() as executor:
+        return total + executor.submit(square, x).result()
+
+
+def outer(x):
+    with raypool.Pool() as pool:
+        return pool.map(inner, range(x + 2))
+
+
+if __name__ == "__main__":
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="error")
+    with raypool.Pool() as pool:
+        print(pool.map(outer, range(2)), flush=True)
+"""
+
+
+def test_nested_pools_finish_on_a_single_cpu(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "nested.py"
+    script.write_text(_NESTED)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def inner(x: int) -> int:
+        return sum(n * n for n in range(x + 2)) + 1 + 2 * x * x
+
+    expected = [[inner(x) for x in range(y + 2)] for y in range(2)]
+    assert proc.stdout.splitlines() == [str(expected)]
