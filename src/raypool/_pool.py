@@ -541,10 +541,7 @@ class RayPool(concurrent.futures.Executor):
     def _outputs(self, defaults: CallDefaults, iterable: Iterable[Any], method: str) -> Outputs:
         if not defaults.progress:
             return Outputs(safe_exceptions=defaults.safe_exceptions, ret_args=defaults.ret_args)
-        try:
-            total: int | None = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+        total = _length(iterable)
         return Outputs.with_progress(
             safe_exceptions=defaults.safe_exceptions,
             ret_args=defaults.ret_args,
@@ -575,28 +572,28 @@ class RayPool(concurrent.futures.Executor):
         unpack: Unpack,
         chunksize: int | None,
         overrides: dict[str, Any],
-    ) -> PoolFuture[list[Any]]:
+    ) -> tuple[PoolFuture[list[Any]], ListSink]:
         _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
             defaults = defaults.merged(chunksize=self._recycling_chunksize(iterable))
         future: PoolFuture[list[Any]] = PoolFuture()
         outputs = self._outputs(defaults, iterable, method)
+        sink = ListSink(future, outputs, _length(iterable))
         try:
-            call = self._start(method, fn, iterable, unpack, defaults, ListSink(future, outputs))
+            call = self._start(method, fn, iterable, unpack, defaults, sink)
         except BaseException:
             outputs.close()
             raise
         future.wait_through(call.dispatcher)
-        return future
+        return future, sink
 
     def _recycling_chunksize(self, iterable: Iterable[Any]) -> int | None:
         """``map``'s chunks under ``maxtasksperchild``: the stdlib's rule (a quarter of the
         items per process, rounded up), so a worker is replaced as often as it would be
         under ``multiprocessing``; ``None`` when the input has no length."""
-        try:
-            length = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
+        length = _length(iterable)
+        if length is None:
             return None
         connect(self._spec)
         chunksize, extra = divmod(length, 4 * self._core.size())
@@ -712,7 +709,8 @@ class RayPool(concurrent.futures.Executor):
             retry_exceptions,
         )
         self._check_not_in_callback("map")
-        return self._map_future("map", func, iterable, unpack, chunksize, overrides).result()
+        future, _ = self._map_future("map", func, iterable, unpack, chunksize, overrides)
+        return future.result()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no new work; with ``wait``, return when all submitted work is done.
@@ -786,8 +784,8 @@ class RayPool(concurrent.futures.Executor):
             max_retries,
             retry_exceptions,
         )
-        future = self._map_future("map_async", func, iterable, "none", chunksize, overrides)
-        return MapResult(future, callback, error_callback)
+        future, sink = self._map_future("map_async", func, iterable, "none", chunksize, overrides)
+        return MapResult(future, callback, error_callback, sink)
 
     def starmap(
         self,
@@ -849,8 +847,10 @@ class RayPool(concurrent.futures.Executor):
             max_retries,
             retry_exceptions,
         )
-        future = self._map_future("starmap_async", func, iterable, "args", chunksize, overrides)
-        return MapResult(future, callback, error_callback)
+        future, sink = self._map_future(
+            "starmap_async", func, iterable, "args", chunksize, overrides
+        )
+        return MapResult(future, callback, error_callback, sink)
 
     def imap(
         self,
@@ -1075,6 +1075,13 @@ def _overrides(
         "max_retries": max_retries,
         "retry_exceptions": retry_exceptions,
     }
+
+
+def _length(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _zip(iterables: tuple[Any, ...], method: str) -> tuple[Iterable[Any], Unpack]:

@@ -201,17 +201,21 @@ class ListSink(_FutureBacked):
     every item has finished, as the stdlib's ``map`` does (CPython issue #23992).
     """
 
-    def __init__(self, future: Future[list[Any]], outputs: Outputs) -> None:
+    def __init__(self, future: Future[list[Any]], outputs: Outputs, total: int | None) -> None:
         self.future = future
         self._outputs = outputs
         self._values: list[Any] = []
         self._error: BaseException | None = None
+        #: Items not delivered yet (``MapResult._number_left``), when the input has a length.
+        self.left = total
 
     def put(
         self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
     ) -> bool:
         shape = self._outputs
         shape.count(len(values))
+        if self.left is not None:
+            self.left -= len(values)
         if self._error is not None:
             return True
         if errors and not shape.safe:
@@ -416,6 +420,27 @@ class PoolFuture(Future[R]):
 
 class MapResult(AsyncResult[list[R]]):
     """The result of ``map_async``/``starmap_async``: a list in input order."""
+
+    def __init__(
+        self,
+        future: Future[list[R]],
+        callback: Callable[[list[R]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        sink: ListSink,
+    ) -> None:
+        super().__init__(future, callback, error_callback)
+        self._sink = sink
+
+    @property
+    def _number_left(self) -> int:
+        """Items not finished yet (read-only; ``0`` once ready). A compatibility attribute:
+        scripts poll the stdlib's to show progress. The stdlib counts chunks; raypool's
+        chunks are sized on the fly, so this counts items - chunks of one. Without a
+        ``len()`` of the input, ``1`` until ready."""
+        if self.ready():
+            return 0
+        left = self._sink.left
+        return 1 if left is None else max(left, 0)
 
 
 class _Reading:

@@ -133,6 +133,8 @@ class _Scanner(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, _UNSHAREABLE):
             raise _unshareable(obj, self.where)
+        if type(obj).__module__.partition(".")[0] == "ray":
+            return tuple, ()  # an ObjectRef, an actor handle: pickling them registers them
         return NotImplemented
 
 

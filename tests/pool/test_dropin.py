@@ -29,6 +29,7 @@ from helpers import (
     pid_of,
     put_in,
     set_shared,
+    square_when_released,
     use_shared,
     wait_until_idle,
 )
@@ -586,3 +587,13 @@ def test_nested_pools_finish_on_a_single_cpu(tmp_path: Any) -> None:
 
     expected = [[inner(x) for x in range(y + 2)] for y in range(2)]
     assert proc.stdout.splitlines() == [str(expected)]
+
+
+def test_map_async_number_left_counts_down(make_pool: Callable[..., Any], tmp_path: Any) -> None:
+    # Scripts poll it for progress; the stdlib counts chunks, raypool items (chunks of one).
+    with make_pool(2) as pool:
+        result = pool.map_async(functools.partial(square_when_released, str(tmp_path)), range(4), 1)
+        assert result._number_left == 4  # nothing can finish before the release
+        (tmp_path / "release").touch()
+        assert result.get(timeout=60) == [0, 1, 4, 9]
+        assert result._number_left == 0

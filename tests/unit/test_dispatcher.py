@@ -64,7 +64,7 @@ def open_call(
 
 def list_sink(*, safe_exceptions: bool = False) -> tuple[ListSink, Future[list[Any]]]:
     future: Future[list[Any]] = Future()
-    return ListSink(future, Outputs(safe_exceptions=safe_exceptions, ret_args=False)), future
+    return ListSink(future, Outputs(safe_exceptions=safe_exceptions, ret_args=False), None), future
 
 
 def thread_named(dispatcher: Dispatcher) -> threading.Thread:
