@@ -140,9 +140,11 @@ class Dispatcher:
         max_in_flight: int | None,
         name: str = "raypool-dispatcher",
         lend: Callable[[list[Any], float], object] | None = None,
+        finishes_at_exit: bool = False,
     ) -> None:
         self._limit = max_in_flight
         self._lend = lend
+        self.finishes_at_exit = finishes_at_exit  # a ProcessPoolExecutor's (see ``_running``)
         self._handles: dict[Any, None] = {}  # tasks in flight, kept only to ``lend``
         self._name = name
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -196,6 +198,13 @@ class Dispatcher:
             self._closing = True
             if self._active == 0:
                 self._stop_locked()
+
+    def finish(self) -> None:
+        """Take no more calls and wait for the active ones, but for streams (cancelled:
+        nobody will read them) - what a ``ProcessPoolExecutor`` does at exit."""
+        self.cancel_streams(CancelledError("the interpreter is exiting"))
+        self.close()
+        self.wait_idle()
 
     def is_current_thread(self) -> bool:
         return self._thread is threading.current_thread()
@@ -419,10 +428,14 @@ class Dispatcher:
             self._end(call, error)
 
 
-#: Dispatchers with a thread. At exit their calls are cancelled and their threads stopped
-#: while Ray is still up (``_lifecycle``'s first two phases).
+#: Dispatchers with a thread (it keeps its dispatcher alive while it runs, also when the
+#: pool was dropped). At exit, while Ray is still up: those that finish at exit complete
+#: their calls, then every one's calls are cancelled and its thread stopped.
 _running: _lifecycle.LiveSet[Dispatcher] = _lifecycle.LiveSet(
     {
+        _lifecycle.Phase.FINISH_EXECUTORS: lambda dispatcher: (
+            dispatcher.finish() if dispatcher.finishes_at_exit else None
+        ),
         _lifecycle.Phase.CANCEL_CALLS: lambda dispatcher: dispatcher.cancel_all(
             CancelledError("the interpreter is exiting")
         ),

@@ -13,7 +13,7 @@ at import; it owns the two hooks raypool installs in the interpreter:
   ====================  ======================================  ========================
   phase                 what                                    registered by
   ====================  ======================================  ========================
-  ``FINISH_EXECUTORS``  no pool takes new work from now on;     ``_pool``
+  ``FINISH_EXECUTORS``  no pool takes new work from now on;     ``_dispatch``
                         each ``ProcessPoolExecutor`` completes
                         what was submitted to it, as the
                         stdlib's does at exit

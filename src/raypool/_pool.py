@@ -151,6 +151,8 @@ class _PoolCore:
         self.futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
         self.dispatcher: Dispatcher | None = None
         self.pid = os.getpid()
+        #: A ``ProcessPoolExecutor``'s: its work completes before the interpreter exits.
+        self.finishes_at_exit = False
 
     def inherited(self) -> bool:
         """Whether this is a forked child's copy of the pool: its dispatcher thread and
@@ -176,7 +178,11 @@ class _PoolCore:
                 limit = self.processes or QUEUED_TASKS_PER_CPU * cluster_cpus()
                 # A pool opened in a Ray task waits in Ray, lending the task's CPU to its own
                 # tasks: nested pools do not deadlock on a small cluster.
-                self.dispatcher = Dispatcher(limit, lend=lend_cpu if in_task() else None)
+                self.dispatcher = Dispatcher(
+                    limit,
+                    lend=lend_cpu if in_task() else None,
+                    finishes_at_exit=self.finishes_at_exit,
+                )
             return self.dispatcher
 
     def size(self) -> int:
@@ -224,12 +230,6 @@ class _PoolCore:
             dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.close()
-
-    def finish(self) -> None:
-        """At exit: complete what was submitted (streams are cancelled: nobody reads them)."""
-        self.cancel_streams()
-        self.close()
-        self.join()
 
     def join(self) -> None:
         if self.inherited():
@@ -991,7 +991,17 @@ class ProcessPoolExecutor(RayPool):
             max_tasks_per_child=max_tasks_per_child,
             **options,
         )
-        _executors.add(self._core)
+        self._core.finishes_at_exit = True
+
+    def __del__(self) -> None:
+        # As the stdlib's executor: dropped, it takes no new work and what was submitted
+        # completes (no warning; ``Pool`` warns and terminates). No module globals here.
+        try:
+            core = self._core
+            if self._owner and core.state is PoolState.RUN and not core.inherited():
+                core.close()
+        except Exception:
+            pass
 
     def map(  # type: ignore[override]
         self,
@@ -1090,10 +1100,3 @@ def _zip(iterables: tuple[Any, ...], method: str) -> tuple[Iterable[Any], Unpack
     if len(iterables) == 1:
         return iterables[0], "none"
     return zip(*iterables, strict=False), "args"  # as the stdlib: the shortest wins
-
-
-#: The cores of live ``ProcessPoolExecutor``s: at exit they complete their work before
-#: every pool's calls are cancelled.
-_executors: _lifecycle.LiveSet[_PoolCore] = _lifecycle.LiveSet(
-    {_lifecycle.Phase.FINISH_EXECUTORS: _PoolCore.finish}
-)

@@ -414,6 +414,8 @@ if __name__ == "__main__":
         pool = Pool(2)
         atexit.register(late, pool)
         pool.apply_async(save, (marker,))
+    elif kind.endswith("-dropped"):
+        Executor(2).submit(save, marker)  # nobody keeps the executor
     else:
         executor = Executor(2)
         atexit.register(late, executor)
@@ -440,6 +442,13 @@ def _leave(tmp_path: Any, kind: str) -> tuple[Any, Any]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, marker
+
+
+@pytest.mark.parametrize("kind", ["concurrent.futures-dropped", "raypool-dropped"])
+def test_a_dropped_executor_completes_its_work_too(tmp_path: Any, kind: str) -> None:
+    proc, marker = _leave(tmp_path, kind)
+    assert marker.read_text() == "saved"
+    assert "Warning" not in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["concurrent.futures", "raypool"])
