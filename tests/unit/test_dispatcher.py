@@ -411,3 +411,44 @@ def test_a_split_after_a_lost_task_stays_under_the_cap(
     assert future.result(timeout=TIMEOUT) == [0, 10]
     assert backend.submitted == [[0, 1], [0], [1]]
     assert backend.max_live <= 1
+
+
+# -- inside a Ray task: waits go through ``lend`` ------------------------------------------------
+
+
+def test_a_lending_dispatcher_waits_through_lend_on_the_tasks_in_flight() -> None:
+    backend = FakeBackend()
+    lent: list[list[Any]] = []
+    finished = threading.Event()
+
+    def lend(handles: list[Any], timeout: float) -> None:
+        lent.append(handles)  # a task waiting in ray.wait: here, for the test's go
+        finished.wait(timeout)
+
+    dispatcher = Dispatcher(None, name=f"test-dispatcher-{next(_names)}", lend=lend)
+    try:
+        assert dispatcher.lends
+        sink, future = list_sink()
+        dispatcher.start(open_call(dispatcher, sink, backend, [1, 2]))
+        first, second = notified(backend, 2)
+        waited: list[bool] = []
+        waiter = threading.Thread(target=lambda: waited.append(dispatcher.wait_until(future.done)))
+        waiter.start()
+        backend.wait_until(lambda: bool(lent))
+        assert set(lent[0]) == {first, second}  # it waits on this pool's tasks
+        for task in (first, second):
+            backend.finish(task)
+            backend.fire(task)
+        finished.set()
+        waiter.join(TIMEOUT)
+        assert waited == [True]
+        assert future.result(timeout=0) == [10, 20]
+        assert not dispatcher.wait_until(lambda: False, timeout=0.01)  # the timeout holds
+    finally:
+        dispatcher.stop()
+
+
+def test_a_dispatcher_outside_a_task_does_not_lend(
+    make_dispatcher: Callable[[int | None], Dispatcher],
+) -> None:
+    assert not make_dispatcher(None).lends
