@@ -54,7 +54,6 @@ ALLOWED = {
         "_lifecycle",
         "_results",
         "_runtime",
-        "_serialization",
     },
     "_cli": {"_config", "_errors", "_store"},
     "__main__": {"_cli"},

@@ -22,6 +22,7 @@ from ray import cloudpickle
 from ._cancel import forget_when_done, new_key, raise_flag
 from ._config import Unpack
 from ._errors import (
+    NotShareableError,
     ResultPicklingError,
     ResultUnpicklingError,
     SerializationError,
@@ -30,7 +31,7 @@ from ._errors import (
 )
 from ._outcome import BatchResult, failed_batch
 from ._runtime import TaskFailure, classify, cluster_cpus, unpickling_failure
-from ._serialization import check_shareable, shipping
+from ._serialization import check_items, check_shareable, shipping
 from ._worker import (
     Setup,
     TaskSpec,
@@ -49,8 +50,10 @@ __all__ = ["InlineBackend", "RayBackend"]
 INLINE_CALLABLE_BYTES = 16 * 1024
 
 
-def _unserializable(items: list[Any], exc: TypeError) -> BaseException:
+def _unserializable(items: list[Any], exc: Exception) -> BaseException:
     """The error that names the item Ray could not send to a worker, and why."""
+    if isinstance(exc, NotShareableError):
+        return exc
     check_shareable(items, "an item")
     for item in items:
         try:
@@ -72,6 +75,8 @@ class RayBackend:
         remote_options: passed to ``.options()`` of the task (``num_cpus``, ...).
         setup: what each worker process runs once before its first item (``_worker.Setup``).
         max_calls: a worker process exits after this many tasks, or ``None``.
+        ships_proxies: the items or ``setup`` hold ``multiprocessing.Manager()`` proxies:
+            pickle them with their authkey (``_serialization.shipping``).
     """
 
     def __init__(
@@ -85,8 +90,10 @@ class RayBackend:
         remote_options: dict[str, Any] | None = None,
         setup: Setup | None = None,
         max_calls: int | None = None,
+        ships_proxies: bool = False,
     ) -> None:
         self.cpus = cluster_cpus()
+        self._ships_proxies = ships_proxies
         self.rerunnable = True
         # A small callable travels inside each task; a large one (a closure over data) goes
         # to the object store once, its ref hidden in a list from Ray's argument resolution
@@ -115,9 +122,12 @@ class RayBackend:
     def submit(self, items: list[Any], checked: bool = False) -> Any:
         spec = self._checked_spec if checked else self._spec
         try:
+            if not self._ships_proxies:
+                return self._remote.remote(spec, items)
+            check_items(items, "an item")  # multiprocessing's guard is lifted meanwhile
             with shipping():  # Manager() proxies in the items and initargs work there
                 return self._remote.remote(spec, items)
-        except TypeError as exc:  # Ray could not serialize the arguments
+        except (TypeError, RuntimeError) as exc:  # Ray could not serialize the arguments
             raise _unserializable(items, exc) from exc
 
     def wait(self, handles: Sequence[Any]) -> Any:

@@ -115,6 +115,8 @@ class Call:
 LEND_SECONDS = 0.05
 #: How often ``wait_until`` looks again while no task of the pool is in flight.
 IDLE_POLL_SECONDS = 0.005
+#: How often ``finish`` checks, while it waits, that its work can still end.
+FINISH_CHECK_SECONDS = 0.5
 
 # Events for the dispatcher thread.
 _START = "start"
@@ -141,9 +143,11 @@ class Dispatcher:
         name: str = "raypool-dispatcher",
         lend: Callable[[list[Any], float], object] | None = None,
         finishes_at_exit: bool = False,
+        alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self._limit = max_in_flight
         self._lend = lend
+        self._alive = alive
         self.finishes_at_exit = finishes_at_exit  # a ProcessPoolExecutor's (see ``_running``)
         self._handles: dict[Any, None] = {}  # tasks in flight, kept only to ``lend``
         self._name = name
@@ -201,10 +205,12 @@ class Dispatcher:
 
     def finish(self) -> None:
         """Take no more calls and wait for the active ones, but for streams (cancelled:
-        nobody will read them) - what a ``ProcessPoolExecutor`` does at exit."""
+        nobody will read them) - what a ``ProcessPoolExecutor`` does at exit. Stops
+        waiting once ``alive()`` is false (the user shut Ray down: nothing would end)."""
         self.cancel_streams(CancelledError("the interpreter is exiting"))
         self.close()
-        self.wait_idle()
+        while not self.wait_idle(FINISH_CHECK_SECONDS) and self._alive():
+            pass
 
     def is_current_thread(self) -> bool:
         return self._thread is threading.current_thread()
@@ -231,15 +237,17 @@ class Dispatcher:
         ``lend`` on the tasks in flight (with no ``lend``, polls: use it only when
         ``lends``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        previous: list[Any] = []
         while not done():
             left = LEND_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return False
             handles = self._in_flight_now()
-            if handles and self._lend is not None:
+            if handles and handles != previous and self._lend is not None:
                 self._lend(handles, min(left, LEND_SECONDS))
-            else:
-                time.sleep(min(left, IDLE_POLL_SECONDS))  # nothing runs yet: briefly
+            else:  # nothing runs yet, or a task finished and this thread has not seen it
+                time.sleep(min(left, IDLE_POLL_SECONDS))
+            previous = handles
         return True
 
     def _in_flight_now(self) -> list[Any]:
@@ -424,6 +432,7 @@ class Dispatcher:
 
     def _end_all(self, error: BaseException | None) -> None:
         self._waiting.clear()
+        self._handles.clear()
         for call in list(self._calls):
             self._end(call, error)
 

@@ -26,7 +26,7 @@ import dataclasses
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import ray
@@ -45,7 +45,7 @@ from ._config import (
 from ._keys import key_salt
 from ._runtime import ensure_ray, job_runtime_env
 from ._scheduler import Backend, MapRun, MapStatistics, OnError, Throttle
-from ._serialization import check_shareable, dumps_callable
+from ._serialization import check_items, check_shareable, dumps_callable
 from ._store import open_checkpoint
 from ._worker import Setup
 
@@ -78,7 +78,8 @@ class Initializer:
             raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
         self._fn = initializer
         self._args = tuple(initargs)
-        check_shareable(self._args, "an initarg")
+        #: They hold ``Manager()`` proxies (refused: ``multiprocessing`` queues, locks...).
+        self.ships_proxies = check_shareable(self._args, "an initarg")
         self._lock = threading.RLock()  # an initializer may use its own RayMap
         self._setup: Setup | None = None
         self._ran_here = False
@@ -169,6 +170,7 @@ def open_run(
     """
     options = options or spec.options
     iterator = iter(iterable)  # Python's own TypeError, as the stdlib's pools raise
+    ships_proxies = _first_item_proxies(iterable, options)
     store = open_checkpoint(
         checkpoint,
         fn,
@@ -180,7 +182,7 @@ def open_run(
         errors=options.checkpoint_errors,
     )
     try:
-        backend = _backend(fn, spec, options)
+        backend = _backend(fn, spec, options, ships_proxies)
     except BaseException:
         if store is not None:
             store.close()
@@ -200,7 +202,19 @@ def open_run(
     )
 
 
-def _backend(fn: Callable[..., Any], spec: RunSpec, options: MapOptions) -> Backend:
+def _first_item_proxies(iterable: Iterable[Any], options: MapOptions) -> bool:
+    """Whether the first item of a list (a call's arguments, for ``submit``) holds
+    ``Manager()`` proxies; raises ``NotShareableError`` for a ``multiprocessing`` queue,
+    lock... there - at the call, before anything runs."""
+    if not isinstance(iterable, Sequence) or not len(iterable):
+        return False
+    where = "an argument of the call" if options.unpack == "call" else "the first item"
+    return check_items([iterable[0]], where)
+
+
+def _backend(
+    fn: Callable[..., Any], spec: RunSpec, options: MapOptions, ships_proxies: bool = False
+) -> Backend:
     worker = spec.worker
     if worker.sequential:
         if spec.initializer is not None:
@@ -223,6 +237,7 @@ def _backend(fn: Callable[..., Any], spec: RunSpec, options: MapOptions) -> Back
         remote_options=remote_options,
         setup=None if spec.initializer is None else spec.initializer.for_workers(),
         max_calls=worker.max_tasks_per_worker,
+        ships_proxies=ships_proxies or bool(spec.initializer and spec.initializer.ships_proxies),
     )
 
 

@@ -186,6 +186,9 @@ class ResultUnpicklingError(BrokenPoolError, _ResultError):
     ``__cause__``.
     """
 
+    def __init__(self, message: str, exc: str = "", value: str = "") -> None:
+        _ResultError.__init__(self, message, exc, value)  # RuntimeError's would skip it
+
 
 def _timeout_bases() -> tuple[type[BaseException], ...]:
     # On Python 3.10 concurrent.futures.TimeoutError is its own class; from 3.11 on it is

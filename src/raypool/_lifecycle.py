@@ -74,7 +74,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["LiveSet", "Phase", "at_exit", "exited", "exiting", "forked_from", "on_fork"]
+__all__ = ["Exit", "LiveSet", "Phase", "at_exit", "exited", "exiting", "forked_from", "on_fork"]
 
 logger = logging.getLogger("raypool")
 
@@ -91,15 +91,24 @@ class Phase(enum.IntEnum):
     FORGET_KEYS = 5
 
 
+class Exit(enum.Enum):
+    """Where this process is in its exit (``exiting()``, ``exited()``)."""
+
+    #: The exit hook has not started.
+    RUNNING = "running"
+    #: The hook runs: pools take no new work; executors complete theirs.
+    EXITING = "exiting"
+    #: The hook has run (or was interrupted): nothing may wait for a thread any more.
+    EXITED = "exited"
+
+
 _exit_callbacks: list[tuple[Phase, int, Callable[[], None]]] = []
 _fork_callbacks: list[Callable[[], None]] = []
 #: The process whose exit the hook serves: the importing one, or the child after a fork.
 _pid = os.getpid()
 #: The pid of the process this one was forked from after raypool was imported, or ``None``.
 _parent_pid: int | None = None
-#: The exit hook has started, has run.
-_exiting = False
-_exited = False
+_exit = Exit.RUNNING
 
 
 def at_exit(phase: Phase, callback: Callable[[], None]) -> None:
@@ -120,12 +129,12 @@ def on_fork(reset: Callable[[], None]) -> None:
 
 def exiting() -> bool:
     """Whether this process's exit hook has started: Ray may be going away."""
-    return _exiting
+    return _exit is not Exit.RUNNING
 
 
 def exited() -> bool:
     """Whether this process's exit hook has run: a thread may never end now."""
-    return _exited
+    return _exit is Exit.EXITED
 
 
 def forked_from() -> int | None:
@@ -167,22 +176,26 @@ class LiveSet(Generic[T]):
 
 
 def _run_exit_hooks() -> None:
-    global _exiting, _exited
+    global _exit
     if os.getpid() != _pid:
         return  # inherited through a fork that bypassed os.register_at_fork
-    _exiting = True
-    for phase, _, callback in list(_exit_callbacks):
-        try:
-            callback()
-        except Exception:  # one failing phase must not keep the others from running
-            logger.exception("raypool: exit phase %s failed", phase.name)
-    _exited = True
+    _exit = Exit.EXITING
+    try:
+        for phase, _, callback in list(_exit_callbacks):
+            try:
+                callback()
+            except KeyboardInterrupt:  # Ctrl-C while executors finish: cancel, as the rest
+                logger.warning("raypool: interrupted while %s; going on", phase.name)
+            except Exception:  # one failing phase must not keep the others from running
+                logger.exception("raypool: exit phase %s failed", phase.name)
+    finally:
+        _exit = Exit.EXITED
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _parent_pid, _exiting, _exited
+    global _pid, _parent_pid, _exit
     _parent_pid, _pid = _pid, os.getpid()
-    _exiting = _exited = False
+    _exit = Exit.RUNNING
     for reset in _fork_callbacks:
         try:
             reset()

@@ -27,12 +27,13 @@ import dataclasses
 import enum
 import math
 import multiprocessing
+import operator
 import os
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
@@ -60,8 +61,7 @@ from ._results import (
     StreamSink,
     executor_error,
 )
-from ._runtime import cluster_cpus, in_task, lend_cpu
-from ._serialization import check_shareable
+from ._runtime import cluster_cpus, in_task, lend_cpu, ray_up
 
 __all__ = [
     "AsyncResult",
@@ -116,17 +116,21 @@ _COUNT_ERRORS = {
 }
 
 
-def _check_count(name: str, value: object) -> None:
-    """Raise unless ``value`` is ``None`` or an int >= 1, with the stdlib's exception type:
+def _check_count(name: str, value: object) -> int | None:
+    """``value`` as an int (``None`` stays ``None``), checked as the stdlib checks it:
     ``ValueError`` for a number below 1 (``maxtasksperchild``: for anything but a positive
-    int), ``TypeError`` for what is not a number (``max_tasks_per_child``: not an int)."""
+    integer), ``TypeError`` for what is not a number (``max_tasks_per_child``: not an
+    integer). Integers of other types (numpy's) are accepted, as the stdlib does."""
     if value is None:
-        return
+        return None
     message = _COUNT_ERRORS[name].format(value=value)
-    integer = isinstance(value, int) and not isinstance(value, bool)
-    if not integer and name == "maxtasksperchild":
+    try:
+        count: int | None = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        count = None
+    if count is None and name == "maxtasksperchild":
         raise ValueError(message)
-    if not integer and name == "max_tasks_per_child":
+    if count is None and name == "max_tasks_per_child":
         raise TypeError("max_tasks_per_child must be an integer")
     try:
         below_one = value < 1  # type: ignore[operator]
@@ -134,10 +138,11 @@ def _check_count(name: str, value: object) -> None:
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}") from None
     if below_one:
         raise ValueError(message)
-    if not integer:  # the stdlib fails later, on the first use; here at the call
+    if count is None:  # the stdlib fails later, on the first use; here at the call
         raise (ValueError if name == "chunksize" else TypeError)(
             f"{name} must be an int or None, got {value!r}"
         )
+    return count
 
 
 class _PoolCore:
@@ -163,8 +168,8 @@ class _PoolCore:
         """Raise unless the pool takes new work (here)."""
         if self.inherited():
             raise ForkedProcessError.inherited("this pool", self.pid)
-        if _lifecycle.exiting():  # the stdlib's executors say so; Ray may be going away
-            raise PoolClosedError("cannot schedule new futures after interpreter shutdown")
+        if _lifecycle.exiting():  # Ray may be going away; the stdlib's executors say so
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         state = self.state
         if state is not PoolState.RUN:
             if executor:
@@ -182,6 +187,7 @@ class _PoolCore:
                     limit,
                     lend=lend_cpu if in_task() else None,
                     finishes_at_exit=self.finishes_at_exit,
+                    alive=ray_up,
                 )
             return self.dispatcher
 
@@ -336,14 +342,11 @@ class RayPool(concurrent.futures.Executor):
         max_retries: int = 3,
         retry_exceptions: bool | Iterable[type[BaseException]] = False,
     ) -> None:
-        for name, value in (
-            ("processes", processes),
-            ("max_workers", max_workers),
-            ("maxtasksperchild", maxtasksperchild),
-            ("max_tasks_per_child", max_tasks_per_child),
-            ("chunksize", chunksize),
-        ):
-            _check_count(name, value)
+        processes = _check_count("processes", processes)
+        max_workers = _check_count("max_workers", max_workers)
+        maxtasksperchild = _check_count("maxtasksperchild", maxtasksperchild)
+        max_tasks_per_child = _check_count("max_tasks_per_child", max_tasks_per_child)
+        chunksize = _check_count("chunksize", chunksize)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._defaults = CallDefaults(
@@ -430,9 +433,10 @@ class RayPool(concurrent.futures.Executor):
     @property
     def _processes(self) -> int:
         """The pool's size as an int: ``processes``/``max_workers``, or the Ray cluster's
-        CPUs (reading it connects to Ray). A compatibility attribute: some libraries that
-        accept a user's ``multiprocessing`` pool read it."""
-        connect(self._spec)
+        CPUs (reading it then connects to Ray). A compatibility attribute: some libraries
+        that accept a user's ``multiprocessing`` pool read it."""
+        if self._core.processes is None:
+            connect(self._spec)
         return self._core.size()
 
     @property
@@ -506,9 +510,6 @@ class RayPool(concurrent.futures.Executor):
         future: Future[Any] | None = None,
     ) -> Call:
         """Open the call and hand it to the dispatcher, if the pool still runs then."""
-        if isinstance(iterable, Sequence) and len(iterable):  # a clear error here, not later
-            where = "an argument" if unpack == "call" else "the first item"
-            check_shareable(iterable[:1], f"{where} of {method}()")
         spec = self._spec_for(defaults)
         chunksize = defaults.chunksize
         options = dataclasses.replace(
@@ -573,7 +574,7 @@ class RayPool(concurrent.futures.Executor):
         chunksize: int | None,
         overrides: dict[str, Any],
     ) -> tuple[PoolFuture[list[Any]], ListSink]:
-        _check_count("chunksize", chunksize)
+        chunksize = _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
             defaults = defaults.merged(chunksize=self._recycling_chunksize(iterable))
@@ -610,12 +611,12 @@ class RayPool(concurrent.futures.Executor):
         unpack: Unpack = "none",
         executor: bool = False,
     ) -> IMapIterator:
-        _check_count("chunksize", chunksize)
+        chunksize = _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
             defaults = defaults.merged(chunksize=1)  # the stdlib's: a worker recycles as often
         outputs = self._outputs(defaults, iterable, method)
-        sink = StreamSink(outputs)
+        sink = StreamSink(outputs, stream=not executor)
         try:
             call = self._start(
                 method,
@@ -630,7 +631,7 @@ class RayPool(concurrent.futures.Executor):
         except BaseException:
             outputs.close()
             raise
-        return IMapIterator(sink, call)
+        return IMapIterator(sink, call, keeps_work=executor)
 
     # -- concurrent.futures.Executor ---------------------------------------------------------
 
@@ -1022,7 +1023,8 @@ class ProcessPoolExecutor(RayPool):
         As ``concurrent.futures``: an item's exception is raised when the iteration
         reaches it, and the rest is cancelled; ``timeout`` bounds the whole wait, from this
         call (``TimeoutError``). Work starts at once and the input is read as results are
-        taken. For a per-item timeout use ``options(timeout=...)``. ``chunksize=None``
+        taken; an iterator dropped unread, or the executor shut down (also at the
+        interpreter's exit), lets all of it run, as the stdlib's submitted calls do. For a per-item timeout use ``options(timeout=...)``. ``chunksize=None``
         (default; the stdlib's is 1) sizes tasks automatically. Extensions as
         ``RayPool.map``.
 

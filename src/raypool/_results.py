@@ -243,9 +243,10 @@ class StreamSink:
     """The buffer between a call and its ``IMapIterator``: back-pressure on the call,
     blocking (or awaiting) reads for the iterator."""
 
-    stream = True
-
-    def __init__(self, outputs: Outputs) -> None:
+    def __init__(self, outputs: Outputs, stream: bool = True) -> None:
+        #: ``False`` for ``Executor.map``: leaving the ``with`` block (or the interpreter)
+        #: waits for it, as the stdlib's submitted futures complete.
+        self.stream = stream
         self.outputs = outputs
         self.cond = threading.Condition()
         self.batches: deque[Batch] = deque()
@@ -408,12 +409,14 @@ class PoolFuture(Future[R]):
         return self._dispatcher
 
     def result(self, timeout: float | None = None) -> R:
-        if self._dispatcher is not None and self._dispatcher.wait_until(self.done, timeout):
-            timeout = 0
+        if self._dispatcher is not None:
+            self._dispatcher.wait_until(self.done, timeout)
+            timeout = 0  # waited already: done, or the timeout has passed
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._dispatcher is not None and self._dispatcher.wait_until(self.done, timeout):
+        if self._dispatcher is not None:
+            self._dispatcher.wait_until(self.done, timeout)
             timeout = 0
         return super().exception(timeout)
 
@@ -471,15 +474,18 @@ class IMapIterator(Iterator[Any]):
     ``async for`` waits without blocking the event loop.
 
     Closing it (``close()``, dropping it, or leaving the pool's ``with`` block) cancels the
-    call's work still in flight.
+    call's work still in flight - but for ``Executor.map``'s (``keeps_work``), whose work
+    completes, as the stdlib's submitted futures do, when it is dropped unread.
     """
 
-    def __init__(self, sink: StreamSink, call: Call) -> None:
+    def __init__(self, sink: StreamSink, call: Call, keeps_work: bool = False) -> None:
         self._sink = sink
         self._call = call
         self._reading = _NOTHING
         self._lock = threading.Lock()  # one reader at a time takes the next batch
         self._finished = False
+        self._read = False  # a reader has asked for a result
+        self._keeps_work = keeps_work
         self._pid = os.getpid()
 
     def __iter__(self) -> IMapIterator:
@@ -525,6 +531,7 @@ class IMapIterator(Iterator[Any]):
     def _next_batch(self, timeout: float | None) -> Any:
         if self._pid != os.getpid():
             raise ForkedProcessError.inherited("this imap iterator", self._pid)
+        self._read = True
         if timeout is not None:
             timeout = max(0.0, timeout)  # as the stdlib: a negative timeout does not wait
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -569,6 +576,7 @@ class IMapIterator(Iterator[Any]):
     async def __anext__(self) -> Any:
         loop = asyncio.get_running_loop()
         sink = self._sink
+        self._read = True
         while True:
             reading = self._reading
             position = next(reading.positions)
@@ -609,7 +617,11 @@ class IMapIterator(Iterator[Any]):
 
     def __del__(self) -> None:
         # No module globals here: at the interpreter's exit they may be gone already.
-        try:  # noqa: SIM105 - contextlib is one of them
-            self.close()
+        try:
+            if self._keeps_work and not self._read:  # ex.map(save, files), never read
+                self._sink.release()
+                self._call.dispatcher.wake(self._call)
+            else:
+                self.close()
         except Exception:
             pass

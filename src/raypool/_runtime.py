@@ -30,10 +30,10 @@ import ray.exceptions
 
 from . import _lifecycle
 from ._errors import (
+    BrokenPoolError,
     ClusterUnreachableError,
     EnvironmentSetupError,
     ForkedProcessError,
-    ResultPicklingError,
     ResultTooLargeError,
     ResultUnpicklingError,
     TaskCancelledError,
@@ -48,6 +48,7 @@ __all__ = [
     "ensure_ray",
     "in_task",
     "lend_cpu",
+    "ray_up",
     "job_runtime_env",
     "TaskFailure",
     "classify",
@@ -181,9 +182,15 @@ def ensure_ray(
         return True
 
 
+def ray_up() -> bool:
+    """Whether this process is connected to Ray (a user's ``ray.shutdown()`` ends it)."""
+    return ray.is_initialized()
+
+
 def in_task() -> bool:
-    """Whether this thread runs a Ray task (a pool opened inside a function a pool runs)."""
-    return ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None
+    """Whether this process is a Ray worker (a pool opened inside a function a pool runs).
+    Asked without ``get_task_id()``, which logs a warning in a driver."""
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def lend_cpu(handles: list[Any], timeout: float) -> None:
@@ -280,12 +287,12 @@ def classify(exc: BaseException) -> TaskFailure:
                 f"this item could not be unpickled in the worker: {_ray_message(cause)}"
             )
             return _failure(error, cause, Rerun.SPLIT)
-        error = ResultPicklingError(
-            f"a result could not be pickled in the worker: {type(cause).__name__}: "
-            f"{_first_line(cause)}",
-            repr(cause),
-        )
-        return _failure(error, cause, Rerun.CHECKED, str(exc))
+        if isinstance(cause, ray.exceptions.RayError) and cause is not exc:
+            return classify(cause)  # e.g. an argument's owner died
+        # raypool's task returns every failure of the items and of their results: this is
+        # Ray's machinery around it, or a bug.
+        error = BrokenPoolError(f"the task failed in Ray: {type(cause).__name__}: {cause}")
+        return _failure(error, cause, Rerun.NO, str(exc))
     if isinstance(exc, ray.exceptions.RaySystemError):
         return unpickling_failure(exc)
     if not isinstance(exc, ray.exceptions.RayError):

@@ -19,11 +19,15 @@ as ``multiprocessing`` does for the children it spawns - a Ray worker's own auth
 the driver's. A ``Queue``, ``Lock``, ``Event``... (not a proxy) lives in this process and
 the processes ``multiprocessing`` starts, never in a Ray worker: ``check_shareable`` and
 the callable's pickling refuse it with ``NotShareableError``, which names ``Manager()``.
+``shipping`` lifts ``multiprocessing``'s guard (``assert_spawning``) for everything pickled
+under it, so only calls whose function, ``initargs`` or first item hold a proxy use it, and
+their items are checked task by task.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import io
@@ -33,7 +37,7 @@ import os
 import pickle
 import sys
 import sysconfig
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.context import get_spawning_popen, set_spawning_popen
 from types import ModuleType
 from typing import Any
@@ -43,6 +47,7 @@ import dill
 from ._errors import NotShareableError, SerializationError
 
 __all__ = [
+    "check_items",
     "check_shareable",
     "dumps_callable",
     "dumps_value",
@@ -60,9 +65,11 @@ def _unshareable_types() -> tuple[type, ...]:
         multiprocessing.connection.Connection,
     ]
     try:  # needs a working sem_open
+        import _multiprocessing  # type: ignore[import-not-found]  # no stubs
         from multiprocessing import sharedctypes, synchronize
     except ImportError:
         return tuple(types)
+    types += [_multiprocessing.SemLock]  # what a bound method like lock.acquire holds
     types += [synchronize.SemLock, synchronize.Condition, synchronize.Event]
     types += [synchronize.Barrier, sharedctypes.SynchronizedBase]
     return tuple(types)
@@ -123,18 +130,21 @@ class _NullFile:
 
 
 class _Scanner(pickle.Pickler):
-    """Pickles into nothing, to find an unshareable object: at C speed for containers and
-    plain values, which never reach ``reducer_override``; large buffers are not copied."""
+    """Pickles into nothing, to find an unshareable object and note manager proxies: at C
+    speed for containers and plain values, which never reach ``reducer_override``; large
+    buffers are not copied."""
 
     def __init__(self, where: str) -> None:
         super().__init__(_NullFile(), protocol=5, buffer_callback=_ignore)
         self.where = where
+        self.proxies = False
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, _UNSHAREABLE):
             raise _unshareable(obj, self.where)
         if type(obj).__module__.partition(".")[0] == "ray":
             return tuple, ()  # an ObjectRef, an actor handle: pickling them registers them
+        self.proxies = self.proxies or _is_proxy(obj)
         return NotImplemented
 
 
@@ -142,18 +152,58 @@ def _ignore(_: Any) -> None:
     pass
 
 
-def check_shareable(values: Iterable[Any], where: str) -> None:
+def _is_proxy(obj: object) -> bool:
+    managers = sys.modules.get("multiprocessing.managers")  # none exists before its import
+    return managers is not None and isinstance(obj, managers.BaseProxy)
+
+
+def check_shareable(values: Iterable[Any], where: str) -> bool:
     """Raise ``NotShareableError`` if one of ``values`` (or anything in it) is a
     ``multiprocessing`` queue, lock, event, pipe... that Ray's workers cannot receive.
-    ``where`` names the values in the message (``"an argument of submit()"``). What
-    ``pickle`` cannot pickle otherwise is left to Ray's serializer to judge."""
+    ``where`` names the values in the message (``"an initarg"``). Returns whether they
+    hold ``Manager()`` proxies (to be pickled under ``shipping()``). It pickles them into
+    nothing: for arguments sent once (``initargs``), not for every call's items
+    (``check_items``). What ``pickle`` cannot pickle otherwise is left to Ray to judge."""
+    proxies = False
     for value in values:
+        scanner = _Scanner(where)
         try:
-            _Scanner(where).dump(value)
+            scanner.dump(value)
         except NotShareableError:
             raise
         except Exception:  # not picklable by pickle (a lambda...): Ray's serializer decides
-            continue
+            pass
+        proxies = proxies or scanner.proxies
+    return proxies
+
+
+def check_items(items: Iterable[Any], where: str) -> bool:
+    """``check_shareable`` for a call's items or arguments, cheaply: each item, and what a
+    tuple, list, dict or ``partial`` item holds (``starmap``'s ``(queue, x)``, ``submit``'s
+    arguments); deeper objects are Ray's serializer's to refuse."""
+    proxies = False
+    for item in items:
+        for value in _shallow(item):
+            if isinstance(value, _UNSHAREABLE):
+                raise _unshareable(value, where)
+            proxies = proxies or _is_proxy(value)
+    return proxies
+
+
+def _shallow(item: Any) -> Iterator[Any]:
+    yield item
+    if isinstance(item, (tuple, list)):
+        for value in item:
+            yield value
+            if isinstance(value, (tuple, list)):  # submit's (args, kwargs) pair
+                yield from value
+            elif isinstance(value, dict):
+                yield from value.values()
+    elif isinstance(item, dict):
+        yield from item.values()
+    elif isinstance(item, functools.partial):
+        yield from item.args
+        yield from item.keywords.values()
 
 
 class _CallablePickler(dill.Pickler):  # type: ignore[misc]

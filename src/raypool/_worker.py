@@ -162,10 +162,18 @@ def _caller(fn: Callable[..., Any], unpack: Unpack, items: Sequence[Any]) -> Cal
 
 #: What an item's function may raise that becomes that item's outcome, in a worker process:
 #: anything - ``sys.exit()``, ``KeyboardInterrupt`` too - as ``ProcessPoolExecutor``'s
-#: workers report it. In the caller's process (sequential mode) a ``KeyboardInterrupt``
-#: is the user's Ctrl-C: it goes through.
+#: workers report it (but ``_passes``). In the caller's process (sequential mode) a
+#: ``KeyboardInterrupt`` is the user's Ctrl-C: it goes through.
 IN_WORKER: tuple[type[BaseException], ...] = (BaseException,)
 IN_CALLER: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+def _passes(exc: BaseException) -> bool:
+    """Whether ``exc``, caught around an item, is not the item's: the watchdog's cancel, or
+    Ray ending this worker (its ``SystemExit`` on ``SIGTERM``, when a node is drained or
+    preempted, says so in ``ray_terminate_msg``): the worker must go, and its items run
+    again elsewhere."""
+    return isinstance(exc, _Cancelled) or hasattr(exc, "ray_terminate_msg")
 
 
 def run_batch(
@@ -220,7 +228,7 @@ def _run_plain(
             values.extend(map(call, remaining))
             return BatchResult(values, errors or None, 0.0)
         except caught as exc:
-            if isinstance(exc, _Cancelled):
+            if _passes(exc):
                 raise
             errors[len(values)] = (exc, _format(exc))
             values.append(None)
@@ -254,7 +262,7 @@ def _run_timed(
             timeouts.add(position)
         except caught as exc:
             watchdog.deadline = None
-            if isinstance(exc, _Cancelled):
+            if _passes(exc):
                 raise
             values.append(None)
             errors[position] = (exc, _format(exc))
@@ -284,7 +292,7 @@ def _run_batched(
         assert timeout is not None
         return failed_batch(size, *_timeout_error(exc, timeout))
     except caught as exc:
-        if isinstance(exc, _Cancelled):
+        if _passes(exc):
             raise
         return failed_batch(size, exc, _format(exc), retry=False)
     try:
@@ -506,7 +514,11 @@ def _run_task(spec: TaskSpec, items: list[Any]) -> BatchResult:
 #: that pickle (large arrays: Ray stores them without a copy). Ray then never unpickles a
 #: user's object in its own threads (where a ``SystemExit`` would end the driver): the
 #: driver does, in ``unseal``, where any failure is caught.
-Sealed = tuple[bytes, list[pickle.PickleBuffer]]
+Sealed = tuple[bytes | pickle.PickleBuffer, list[pickle.PickleBuffer]]
+
+#: A sealed pickle this large travels as a buffer, out of Ray's own pickle (one copy less
+#: on each side); smaller, a buffer costs Ray more than the copy.
+OUT_OF_BAND_BYTES = 64 * 1024
 
 
 def _sealed(result: BatchResult, items: list[Any]) -> Sealed:
@@ -523,6 +535,8 @@ def _sealed(result: BatchResult, items: list[Any]) -> Sealed:
 def _pickle(result: BatchResult) -> Sealed:
     buffers: list[pickle.PickleBuffer] = []
     data = ray.cloudpickle.dumps(result, protocol=5, buffer_callback=buffers.append)  # type: ignore[no-untyped-call]
+    if len(data) >= OUT_OF_BAND_BYTES:  # Ray stores it as it stores a buffer: no copy
+        return pickle.PickleBuffer(data), buffers
     return data, buffers
 
 

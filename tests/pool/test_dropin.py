@@ -20,10 +20,12 @@ import raypool
 from helpers import (
     ErrorAtUnpickle,
     bad_result_on,
+    count_lines,
     exit_on,
     flaky_until,
     identity,
     interrupt_on,
+    log_call,
     log_then_wait_for,
     payload,
     pid_of,
@@ -532,7 +534,7 @@ def test_a_multiprocessing_object_is_refused_at_the_call(kind: str) -> None:
         with pytest.raises(raypool.NotShareableError, match=r"Manager\(\)") as info:
             pool.apply_async(identity, (shared,))
         assert isinstance(info.value, RuntimeError)  # what multiprocessing raises for them
-        assert "an argument of submit()" in str(info.value)
+        assert "an argument of the call" in str(info.value)
         with pytest.raises(raypool.NotShareableError, match="the function"):
             pool.map(functools.partial(put_in, shared), range(3))
         with pytest.raises(raypool.NotShareableError, match="the first item"):
@@ -606,3 +608,17 @@ def test_map_async_number_left_counts_down(make_pool: Callable[..., Any], tmp_pa
         (tmp_path / "release").touch()
         assert result.get(timeout=60) == [0, 1, 4, 9]
         assert result._number_left == 0
+
+
+def test_executor_map_left_unread_still_runs_every_call(
+    make_executor: Callable[..., Any], tmp_path: Any
+) -> None:
+    log = str(tmp_path / "calls")
+    with make_executor(2) as executor:
+        executor.map(functools.partial(log_call, log), range(20))  # never read, dropped
+    assert count_lines(log) == 20
+    log = str(tmp_path / "partly")
+    with make_executor(2) as executor:
+        results = executor.map(functools.partial(log_call, log), range(20), chunksize=1)
+        assert next(results) == 0
+    assert count_lines(log) == 20  # leaving the block waited for the rest, as the stdlib

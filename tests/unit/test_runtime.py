@@ -9,8 +9,8 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 import ray.exceptions
 
 from raypool import (
+    BrokenPoolError,
     EnvironmentSetupError,
-    ResultPicklingError,
     ResultTooLargeError,
     ResultUnpicklingError,
     TaskCancelledError,
@@ -60,12 +60,18 @@ def test_an_item_the_worker_could_not_unpickle_splits() -> None:
     assert "could not be unpickled in the worker: at unpickle" in str(error)
 
 
-def test_a_result_that_could_not_be_sent_back_is_checked() -> None:
-    cause = ValueError("at pickle")  # Ray pickling the task's return value
+def test_any_other_failure_of_the_task_is_a_broken_pool_not_rerun() -> None:
+    cause = ValueError("in raypool's task")  # items' and results' failures never get here
     error, _, rerun = classify(ray.exceptions.RayTaskError("_execute_batch", "tb", cause))
-    assert rerun is Rerun.CHECKED
-    assert isinstance(error, ResultPicklingError)
-    assert isinstance(error, MaybeEncodingError)
+    assert rerun is Rerun.NO
+    assert type(error) is BrokenPoolError
+    assert error.__cause__ is cause
+    lost = ray.exceptions.OwnerDiedError("0" * 56, "", "")  # an argument's owner died
+    error, _, rerun = classify(ray.exceptions.RayTaskError("_execute_batch", "tb", lost))
+    assert rerun is Rerun.LOST
+
+
+def test_a_result_that_could_not_be_unpickled_here_is_checked() -> None:
     in_the_driver = (
         classify(ray.exceptions.RaySystemError("at unpickle")),
         unpickling_failure(SystemExit(1)),
