@@ -237,17 +237,19 @@ class Dispatcher:
         ``lend`` on the tasks in flight (with no ``lend``, polls: use it only when
         ``lends``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        previous: list[Any] = []
         while not done():
-            left = LEND_SECONDS if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            left = LEND_SECONDS if deadline is None else deadline - now
             if left <= 0:
                 return False
             handles = self._in_flight_now()
-            if handles and handles != previous and self._lend is not None:
+            if handles and self._lend is not None:
                 self._lend(handles, min(left, LEND_SECONDS))
-            else:  # nothing runs yet, or a task finished and this thread has not seen it
-                time.sleep(min(left, IDLE_POLL_SECONDS))
-            previous = handles
+                if time.monotonic() - now >= IDLE_POLL_SECONDS:
+                    continue
+            # Nothing runs yet, or a task has finished and the dispatcher has not taken it
+            # in (``lend`` returns at once): give it a moment rather than spin.
+            time.sleep(min(max(left, 0.0), IDLE_POLL_SECONDS))
         return True
 
     def _in_flight_now(self) -> list[Any]:

@@ -1024,9 +1024,9 @@ class ProcessPoolExecutor(RayPool):
         reaches it, and the rest is cancelled; ``timeout`` bounds the whole wait, from this
         call (``TimeoutError``). Work starts at once and the input is read as results are
         taken; an iterator dropped unread, or the executor shut down (also at the
-        interpreter's exit), lets all of it run, as the stdlib's submitted calls do. For a per-item timeout use ``options(timeout=...)``. ``chunksize=None``
-        (default; the stdlib's is 1) sizes tasks automatically. Extensions as
-        ``RayPool.map``.
+        interpreter's exit), lets all of it run, as the stdlib's submitted calls do. For a
+        per-item timeout use ``options(timeout=...)``. ``chunksize=None`` (default; the
+        stdlib's is 1) sizes tasks automatically. Extensions as ``RayPool.map``.
 
         Raises:
             PoolClosedError: (a ``RuntimeError``) the executor was shut down.
