@@ -207,7 +207,7 @@ class _PoolCore:
         cpus = cluster_cpus()
         if processes <= cpus:
             return spec
-        share = max(MIN_CPU_SHARE, math.floor(cpus / processes / MIN_CPU_SHARE) * MIN_CPU_SHARE)
+        share = max(MIN_CPU_SHARE, round(math.floor(cpus / processes * 10_000) / 10_000, 4))
         remote_options = {**spec.worker.remote_options, "num_cpus": share}
         worker = dataclasses.replace(spec.worker, remote_options=remote_options)
         return dataclasses.replace(spec, worker=worker)
