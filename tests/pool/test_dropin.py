@@ -64,7 +64,7 @@ def _alive_after(run: Callable[[list[Any]], list[Any]]) -> tuple[int, int]:
     argument_refs = [weakref.ref(x) for x in arguments]
     results = run(arguments)
     assert sorted(r.n for r in results) == list(range(10))  # copies: not the arguments
-    assert not any(r is x for r, x in zip(results, arguments))
+    assert not any(r is x for r, x in zip(results, arguments, strict=True))
     result_refs = [weakref.ref(r) for r in results]
     del arguments, results
     gc.collect()
