@@ -8,6 +8,8 @@ import functools
 import gc
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -137,8 +139,15 @@ def test_pool_counts_are_checked_as_the_stdlib(
     ],
 )
 def test_executor_counts_are_checked_as_the_stdlib(
-    make_executor: Callable[..., Any], keyword: str, value: Any, error: type[Exception]
+    request: pytest.FixtureRequest,
+    make_executor: Callable[..., Any],
+    keyword: str,
+    value: Any,
+    error: type[Exception],
 ) -> None:
+    stdlib = request.node.callspec.params["make_executor"] == "concurrent.futures"
+    if stdlib and keyword == "max_tasks_per_child" and sys.version_info < (3, 11):
+        pytest.skip("the stdlib's executor has max_tasks_per_child from Python 3.11 on")
     kwargs = {"max_workers": 2, keyword: value}
     with pytest.raises(error):
         make_executor(**kwargs)
@@ -425,9 +434,6 @@ if __name__ == "__main__":
 
 
 def _leave(tmp_path: Any, kind: str) -> tuple[Any, Any]:
-    import subprocess
-    import sys
-
     import ray
 
     script = tmp_path / "leave.py"
@@ -582,9 +588,6 @@ if __name__ == "__main__":
 
 
 def test_nested_pools_finish_on_a_single_cpu(tmp_path: Any) -> None:
-    import subprocess
-    import sys
-
     script = tmp_path / "nested.py"
     script.write_text(_NESTED)
     proc = subprocess.run(
