@@ -52,7 +52,9 @@ thread                     touches
 =========================  ====================================================================
 caller threads             a pool's core under its lock (state, the start of a call); the
                            dispatcher's event queue; an ``imap`` sink under its condition;
-                           engine iterators (``MapIterator``) they consume, and nothing else
+                           engine iterators (``MapIterator``) they consume; in a Ray worker,
+                           a copy of the dispatcher's tasks in flight, to wait on them in
+                           ``ray.wait`` (``Dispatcher.wait_until``); nothing else
 dispatcher (one per pool)  every ``MapRun`` of its pool, their backends and stores' queues;
                            sinks under their condition; futures (``set_result``)
 Ray's callback threads     only the dispatcher's event queue (``ObjectRef.future`` callbacks)
