@@ -521,20 +521,9 @@ def test_a_manager_proxy_in_a_submitted_call(
     assert queue.get(timeout=10) == 3
 
 
-def _mp_objects() -> dict[str, Any]:
-    spawn = multiprocessing.get_context("spawn")
-    return {
-        "Queue": spawn.Queue(),
-        "Lock": spawn.Lock(),
-        "RLock": spawn.RLock(),
-        "Semaphore": spawn.Semaphore(),
-        "Event": spawn.Event(),
-    }
-
-
 @pytest.mark.parametrize("kind", ["Queue", "Lock", "RLock", "Semaphore", "Event"])
 def test_a_multiprocessing_object_is_refused_at_the_call(kind: str) -> None:
-    shared = _mp_objects()[kind]
+    shared = getattr(multiprocessing.get_context("spawn"), kind)()
     with raypool.Pool(2) as pool:
         with pytest.raises(raypool.NotShareableError, match=r"Manager\(\)") as info:
             pool.apply_async(identity, (shared,))
