@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 
 import pytest
 
 from raypool import BatchLengthError, TaskTimeoutError
-from raypool._worker import run_batch
+from raypool._worker import IN_WORKER, run_batch
 
 
 def test_values_in_order_and_errors_by_position() -> None:
@@ -153,3 +154,35 @@ def test_auto_unpacks_tuple_subclasses_mixed_with_plain_items() -> None:
         return a + b
 
     assert run_batch(f, [Point(1, 2), 5, {"a": 1, "b": 1}]).values == [3, 5, 2]
+
+
+def _exit(x: int) -> int:
+    if x == 1:
+        sys.exit(3)
+    return x
+
+
+def _terminated_by_ray(x: int) -> int:
+    exc = SystemExit(1)
+    exc.ray_terminate_msg = "The process receives a SIGTERM."  # type: ignore[attr-defined]
+    raise exc
+
+
+def test_in_a_worker_a_base_exception_is_the_items_outcome() -> None:
+    result = run_batch(_exit, [0, 1, 2], caught=IN_WORKER)
+    assert result.values == [0, None, 2]
+    assert result.errors is not None
+    assert isinstance(result.errors[1][0], SystemExit)
+
+
+def test_in_the_callers_process_ctrl_c_goes_through() -> None:
+    def interrupt(x: int) -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(interrupt, [0])
+
+
+def test_ray_ending_the_worker_is_not_an_items_outcome() -> None:
+    with pytest.raises(SystemExit):
+        run_batch(_terminated_by_ray, [0, 1], caught=IN_WORKER)
