@@ -1,4 +1,5 @@
-"""Where batches run: Ray tasks (``RayBackend``) or the calling thread (``InlineBackend``).
+"""Where batches run: Ray tasks (``RayBackend``), streaming Ray tasks of submitted calls
+(``CallBackend``), or the calling thread (``InlineBackend``).
 
 Both implement ``_scheduler.Backend``: the one scheduler drives either through the same
 calls - ``submit``, ``wait`` (or ``wait_async``), ``result``, ``cancel``, ``close`` - so
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,19 +32,29 @@ from ._errors import (
     WorkerUnpicklingError,
     item_repr,
 )
-from ._outcome import BatchResult, failed_batch
-from ._runtime import TaskFailure, classify, cluster_cpus, unpickling_failure
-from ._serialization import check_items, check_shareable, shipping
+from ._outcome import BatchResult, Rerun, failed_batch
+from ._runtime import (
+    TaskFailure,
+    classify,
+    cluster_cpus,
+    next_piece,
+    take_piece,
+    unpickling_failure,
+)
+from ._serialization import check_items, check_shareable, dumps_callable, shipping
 from ._worker import (
+    CallsSpec,
     Setup,
     TaskSpec,
     execute_batch,
     execute_batch_max_calls,
+    execute_calls,
+    execute_calls_max_calls,
     run_batch,
     unseal,
 )
 
-__all__ = ["InlineBackend", "RayBackend"]
+__all__ = ["CallBackend", "Functions", "InlineBackend", "RayBackend"]
 
 
 #: A serialized callable up to this size is sent with every task instead of through the
@@ -64,6 +77,13 @@ def _unserializable(items: list[Any], exc: Exception) -> BaseException:
                 f"{type(cause).__name__}: {cause}"
             )
     return exc
+
+
+def _box(blob: bytes) -> list[Any]:
+    """How a task carries a serialized callable: inline when small, else its ObjectRef -
+    inside a list, hidden from Ray's argument resolution, so that workers fetch it only
+    on a cache miss instead of once per task."""
+    return [blob if len(blob) <= INLINE_CALLABLE_BYTES else ray.put(blob)]
 
 
 class RayBackend:
@@ -95,10 +115,10 @@ class RayBackend:
         self.cpus = cluster_cpus()
         self._ships_proxies = ships_proxies
         self.rerunnable = True
+        self.streams = False
         # A small callable travels inside each task; a large one (a closure over data) goes
-        # to the object store once, its ref hidden in a list from Ray's argument resolution
-        # so that workers fetch it only on a cache miss instead of once per task.
-        self._box: list[Any] = [blob if len(blob) <= INLINE_CALLABLE_BYTES else ray.put(blob)]
+        # to the object store once.
+        self._box = _box(blob)
         remote = execute_batch if max_calls is None else execute_batch_max_calls(max_calls)
         # A task whose worker dies is not retried whole by Ray: the engine reruns its items
         # in parts, so that one item that kills its worker cannot fail the others.
@@ -183,6 +203,167 @@ class RayBackend:
         self._futures.clear()
 
 
+#: Callables a pool keeps serialized (the most recently submitted): a function submitted
+#: again is not serialized again, and its calls carry the same box.
+FUNCTIONS_KEPT = 64
+
+
+class Functions:
+    """The callables one pool's calls were submitted with, each serialized once.
+
+    A callable is recognized by equality (a function by identity, a bound method by its
+    object and function), and kept - with what it refers to - while it is among the
+    ``FUNCTIONS_KEPT`` most recently submitted. A ``__main__`` function's globals travel
+    as they were when it was first submitted, as ``multiprocessing`` workers see the
+    globals of the moment they started.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[Any, tuple[str, list[Any]]] = OrderedDict()
+
+    def ship(self, fn: Callable[..., Any]) -> tuple[str, list[Any]]:
+        """``(digest, box)`` of ``fn``, for its ``CallItem``s (Ray must be connected).
+
+        Raises:
+            SerializationError, NotShareableError: as ``dumps_callable``.
+        """
+        try:
+            with self._lock:
+                shipped = self._kept.get(fn)
+                if shipped is not None:
+                    self._kept.move_to_end(fn)
+                    return shipped
+        except TypeError:  # unhashable: serialized each time
+            blob, digest = dumps_callable(fn)
+            return digest, _box(blob)
+        blob, digest = dumps_callable(fn)
+        shipped = digest, _box(blob)
+        with self._lock:
+            self._kept[fn] = shipped
+            while len(self._kept) > FUNCTIONS_KEPT:
+                self._kept.popitem(last=False)
+        return shipped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+class _Refused:
+    """The handle of a batch Ray could not send (an argument that cannot be pickled): it is
+    finished at once, and its items split until the call at fault fails alone."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class CallBackend:
+    """Runs batches of submitted calls (``_worker.CallItem``, each naming its function) as
+    streaming Ray tasks: a task sends its calls' results back in pieces as they finish
+    (``_worker.FLUSH_SECONDS``), so each call's future resolves when the call ends, not
+    when its task does.
+
+    Args:
+        timeout: each call's timeout, in seconds.
+        remote_options: passed to ``.options()`` of the task.
+        setup: what each worker process runs once before its first call.
+        max_calls: a worker process exits after this many tasks, or ``None``.
+    """
+
+    rerunnable = True
+    streams = True
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None,
+        remote_options: dict[str, Any] | None = None,
+        setup: Setup | None = None,
+        max_calls: int | None = None,
+    ) -> None:
+        self.cpus = cluster_cpus()
+        #: Calls or initargs hold ``Manager()`` proxies: send them with their authkey.
+        self.ships_proxies = False
+        remote = execute_calls if max_calls is None else execute_calls_max_calls(max_calls)
+        self._remote = remote.options(**{"max_retries": 0, **(remote_options or {})})
+        self._cancel_key = new_key()
+        self._spec: CallsSpec = (timeout, self._cancel_key, setup, False)
+        self._checked_spec: CallsSpec = (timeout, self._cancel_key, setup, True)
+        self._futures: dict[Any, concurrent.futures.Future[Any]] = {}
+
+    def submit(self, items: list[Any], checked: bool = False) -> Any:
+        spec = self._checked_spec if checked else self._spec
+        try:
+            if not self.ships_proxies:
+                return self._remote.remote(spec, items)
+            with shipping():
+                return self._remote.remote(spec, items)
+        except (TypeError, RuntimeError) as exc:  # Ray could not serialize the arguments
+            try:
+                return _Refused(_unserializable(items, exc))
+            except NotShareableError as refused:  # a multiprocessing object in a call
+                return _Refused(refused)
+
+    def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
+        if isinstance(handle, _Refused):
+            callback(handle)
+            return
+        future = self._futures[handle] = next_piece(handle).future()
+        future.add_done_callback(lambda _: callback(handle))
+
+    def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
+        if isinstance(handle, _Refused):
+            rerun = Rerun.SPLIT if size > 1 else Rerun.NO
+            return failed_batch(size, handle.error, retry=False, rerun=rerun)
+        future = self._futures.pop(handle, None)
+        try:
+            sealed = future.result() if future is not None else ray.get(next_piece(handle))
+            take_piece(handle)
+        except Exception as exc:
+            return _failed(classify(exc), items, size)
+        try:
+            result = unseal(sealed)
+        except (Exception, SystemExit) as exc:
+            return _failed(unpickling_failure(exc), items, size)
+        return _decoded(result, items) if result.encoded else result
+
+    def wait(self, handles: Sequence[Any]) -> Any:
+        refused = [handle for handle in handles if isinstance(handle, _Refused)]
+        if refused:
+            return refused[0]
+        by_ref = {next_piece(handle): handle for handle in handles}
+        ready, _ = ray.wait(list(by_ref), num_returns=1, fetch_local=False)
+        return by_ref[ready[0]]
+
+    async def wait_async(self, handles: Sequence[Any]) -> Any:
+        raise NotImplementedError("submitted calls are driven by the pool's dispatcher")
+
+    def finished(self, handles: Sequence[Any]) -> list[Any]:
+        streams = [handle for handle in handles if not isinstance(handle, _Refused)]
+        if not streams or not ray.is_initialized():
+            return [handle for handle in handles if isinstance(handle, _Refused)]
+        by_ref = {handle.completed(): handle for handle in streams}
+        done, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0, fetch_local=False)
+        ended = {id(by_ref[ref]) for ref in done}
+        return [h for h in handles if isinstance(h, _Refused) or id(h) in ended]
+
+    def cancel(self, handles: Sequence[Any]) -> None:
+        for handle in handles:
+            self._futures.pop(handle, None)
+        if not ray.is_initialized():
+            return
+        ended = {id(handle) for handle in self.finished(handles)}
+        running = [handle.completed() for handle in handles if id(handle) not in ended]
+        if running and raise_flag(self._cancel_key):
+            forget_when_done(self._cancel_key, running)
+
+    def close(self) -> None:
+        self._futures.clear()
+
+
 #: Errors for a whole task that a one-item task pins on its item, naming it.
 _ABOUT_THE_ITEM = (WorkerUnpicklingError, ResultPicklingError, ResultUnpicklingError)
 
@@ -239,6 +420,7 @@ class InlineBackend:
         self._fn = fn
         self._kwargs: dict[str, Any] = {"unpack": unpack, "timeout": timeout, "batched": batched}
         self.rerunnable = False
+        self.streams = False
 
     def submit(self, items: list[Any], checked: bool = False) -> _InlineTask:
         return _InlineTask(items)

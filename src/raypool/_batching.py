@@ -7,7 +7,8 @@ Two rules combine:
   (one to a few milliseconds on a 2-core machine) stays a few percent of the task. Slow
   items fall back to batches of one. Until the first measurement arrives batches hold one
   item, which also gives the caller its first result as early as possible.
-* **Adaptive tail** (when the input's length is known): once the items left would fill
+* **Adaptive tail** (when the input's length is known, or for an open input such as the
+  pool's submitted calls, counting the items waiting now): once the items left would fill
   fewer than ``tail_batches_per_core`` batches per CPU, each new batch takes only that
   share of what is left, so batch sizes shrink geometrically toward
   ``tail_min_batch_size`` and the last tasks finish together instead of one long straggler.
@@ -91,12 +92,17 @@ class BatchSizer:
             return MAX_AUTO_BATCH
         return max(1, min(MAX_AUTO_BATCH, round(TARGET_TASK_SECONDS / estimate)))
 
-    def next_size(self, submitted_items: int) -> int:
-        """Size of the next batch, given how many items were already submitted."""
+    def next_size(self, submitted_items: int, waiting: int | None = None) -> int:
+        """Size of the next batch, given how many items were already submitted - or, for
+        an open input (submitted calls), how many are ``waiting`` now: the tail rule then
+        spreads those over the CPUs, down to one item per task for a trickle."""
         size = self.base_size()
-        if self._total is None:
+        if waiting is not None:
+            left = waiting
+        elif self._total is None:
             return size
-        left = self._total - submitted_items
+        else:
+            left = self._total - submitted_items
         if left <= 0:
             return size
         share = math.ceil(left / self._tail_batches)

@@ -197,9 +197,9 @@ class Dispatcher:
     def close(self) -> None:
         """No more calls will start: sinks take everything from now on, and the thread
         ends once the active calls have ended."""
-        self._events.put((_RELEASE,))
         with self._lock:
             self._closing = True
+            self._events.put((_RELEASE,))
             if self._active == 0:
                 self._stop_locked()
 
@@ -313,20 +313,26 @@ class Dispatcher:
                 self._handle((_WAKE, released))
             return
         call: Call = event[1]
-        if kind is _DONE and self._lend is not None:
-            self._handles.pop(event[2], None)
         if call.state is CallState.ENDED:
+            if kind is _DONE:
+                self._handles.pop(event[2], None)
             return
         try:
             if kind is _START:
                 self._calls[call] = None
+                if self._closing:  # started after the release (a race with close())
+                    call.sink.release()
                 self._enqueue(call)
             elif kind is _DONE:
                 handle = event[2]
                 if not call.run.owns(handle):
+                    self._handles.pop(handle, None)
                     return  # cancelled meanwhile
-                self._in_flight -= 1
-                call.run.complete(handle)
+                if call.run.complete(handle):  # a piece of a streaming task: more to come
+                    self._watch(call, handle)
+                else:
+                    self._in_flight -= 1
+                    self._handles.pop(handle, None)
                 self._deliver(call)
                 self._enqueue(call)
             elif kind is _WAKE:
@@ -385,6 +391,9 @@ class Dispatcher:
         self._in_flight += 1
         if self._lend is not None:
             self._handles[handle] = None
+        self._watch(call, handle)
+
+    def _watch(self, call: Call, handle: Any) -> None:
         call.run.when_done(handle, lambda done: self._events.put((_DONE, call, done)))
 
     def _deliver(self, call: Call) -> int:

@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import ray
 
-from ._backend import InlineBackend, RayBackend
+from ._backend import CallBackend, InlineBackend, RayBackend
 from ._config import (
     Checkpoint,
     MapOptions,
@@ -44,7 +44,7 @@ from ._config import (
 )
 from ._keys import key_salt
 from ._runtime import ensure_ray, job_runtime_env
-from ._scheduler import Backend, MapRun, MapStatistics, OnError, Throttle
+from ._scheduler import Backend, Feed, MapRun, MapStatistics, OnError, Throttle
 from ._serialization import check_items, check_shareable, dumps_callable
 from ._store import open_checkpoint
 from ._worker import Setup
@@ -57,6 +57,7 @@ __all__ = [
     "RayMapIterator",
     "RunSpec",
     "connect",
+    "open_calls",
     "open_run",
 ]
 
@@ -202,6 +203,37 @@ def open_run(
     )
 
 
+def open_calls(
+    spec: RunSpec, options: MapOptions, feed: Feed, throttle: Throttle
+) -> tuple[MapRun, CallBackend]:
+    """Open the run that packs submitted calls (``_worker.CallItem``) from ``feed`` into
+    streaming tasks, sized from measured call durations, as long as the feed is open.
+
+    Returns:
+        The run, and its backend (``ships_proxies`` may be turned on as calls arrive).
+    """
+    connect(spec)
+    worker = spec.worker
+    backend = CallBackend(
+        timeout=options.timeout,
+        remote_options=_remote_options(worker),
+        setup=None if spec.initializer is None else spec.initializer.for_workers(),
+        max_calls=worker.max_tasks_per_worker,
+    )
+    backend.ships_proxies = bool(spec.initializer and spec.initializer.ships_proxies)
+    options = dataclasses.replace(options, keep_order=False)
+    run = MapRun(iter(()), None, options, backend, throttle=throttle, feed=feed)
+    return run, backend
+
+
+def _remote_options(worker: WorkerOptions) -> dict[str, Any]:
+    remote_options = dict(worker.remote_options)
+    if worker.runtime_env and dict(worker.runtime_env) != job_runtime_env():
+        # Ray was started elsewhere, or with another environment: each task carries it.
+        remote_options.setdefault("runtime_env", dict(worker.runtime_env))
+    return remote_options
+
+
 def _first_item_proxies(iterable: Iterable[Any], options: MapOptions) -> bool:
     """Whether the first item of a list (a call's arguments, for ``submit``) holds
     ``Manager()`` proxies; raises ``NotShareableError`` for a ``multiprocessing`` queue,
@@ -224,17 +256,13 @@ def _backend(
         )
     connect(spec)
     blob, digest = dumps_callable(fn)
-    remote_options = dict(worker.remote_options)
-    if worker.runtime_env and dict(worker.runtime_env) != job_runtime_env():
-        # Ray was started elsewhere, or with another environment: each task carries it.
-        remote_options.setdefault("runtime_env", dict(worker.runtime_env))
     return RayBackend(
         blob,
         digest,
         unpack=options.unpack,
         timeout=options.timeout,
         batched=options.batched,
-        remote_options=remote_options,
+        remote_options=_remote_options(worker),
         setup=None if spec.initializer is None else spec.initializer.for_workers(),
         max_calls=worker.max_tasks_per_worker,
         ships_proxies=ships_proxies or bool(spec.initializer and spec.initializer.ships_proxies),

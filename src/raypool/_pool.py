@@ -50,6 +50,7 @@ from ._config import (
 from ._dispatch import Call, Dispatcher
 from ._engine import Initializer, RunSpec, connect, open_run
 from ._errors import ForkedProcessError, PoolClosedError, ResultPicklingError
+from ._lanes import Lanes
 from ._results import (
     AsyncResult,
     FutureSink,
@@ -62,6 +63,7 @@ from ._results import (
     executor_error,
 )
 from ._runtime import cluster_cpus, in_task, lend_cpu, ray_up
+from ._worker import CallItem
 
 __all__ = [
     "AsyncResult",
@@ -158,6 +160,7 @@ class _PoolCore:
         self.pid = os.getpid()
         #: A ``ProcessPoolExecutor``'s: its work completes before the interpreter exits.
         self.finishes_at_exit = False
+        self.lanes = Lanes()
 
     def inherited(self) -> bool:
         """Whether this is a forked child's copy of the pool: its dispatcher thread and
@@ -224,6 +227,22 @@ class _PoolCore:
         except BaseException:
             call.run.close()  # not under the lock: it may wait for a checkpoint's writer
             raise
+
+    def add_call(
+        self,
+        spec: RunSpec,
+        options: MapOptions,
+        prepared: tuple[CallItem, bool],
+        sink: FutureSink,
+        executor: bool,
+        future: Future[Any],
+    ) -> Call:
+        """Queue a submitted call in its lane (``_lanes``) if the pool still runs."""
+        dispatcher = self.get_dispatcher()
+        with self.lock:
+            self.check_running(executor)
+            self.futures.add(future)
+            return self.lanes.add(dispatcher, spec, options, prepared, sink)
 
     def close(self) -> None:
         if self.inherited():  # only this copy closes (its lock may be held by the parent's)
@@ -382,6 +401,7 @@ class RayPool(concurrent.futures.Executor):
         self._core = _PoolCore(_either("processes", processes, "max_workers", max_workers))
         self._owner = True
         self._parent: RayPool | None = None
+        self._lane: tuple[RunSpec, MapOptions] | None = None  # see _lane_options
 
     # -- views and state ---------------------------------------------------------------------
 
@@ -423,6 +443,7 @@ class RayPool(concurrent.futures.Executor):
         view._spec = self._spec_for(view._defaults)
         view._owner = False
         view._parent = self  # the pool lives as long as its views: dropping it terminates
+        view._lane = None
         return view
 
     @property
@@ -558,12 +579,42 @@ class RayPool(concurrent.futures.Executor):
         future: PoolFuture[Any] = PoolFuture()
         defaults = self._defaults
         sink = FutureSink(future, defaults.safe_exceptions, executor)
-        call_item = [(tuple(args), dict(kwargs))]
-        call = self._start(
-            "submit", fn, call_item, "call", defaults, sink, executor=executor, future=future
-        )
+        args, kwargs = tuple(args), dict(kwargs)
+        if defaults.checkpoint is not None or defaults.progress:
+            # A call of its own: its checkpoint row, its progress bar.
+            call_item = [(args, kwargs)]
+            call = self._start(
+                "submit", fn, call_item, "call", defaults, sink, executor=executor, future=future
+            )
+        else:
+            spec, options = self._lane_options()
+            prepared = self._core.lanes.prepare(fn, args, kwargs)
+            call = self._core.add_call(spec, options, prepared, sink, executor, future)
         future.wait_through(call.dispatcher)
         return future
+
+    def _lane_options(self) -> tuple[RunSpec, MapOptions]:
+        """The spec and options of this view's submitted calls (made once per view; Ray
+        connected). A pool that recycles workers runs each call as a task of its own, as
+        ``maxtasksperchild`` counts them."""
+        lane = self._lane
+        if lane is None:
+            defaults = self._defaults
+            spec = self._spec_for(defaults)
+            connect(spec)
+            spec = self._core.sized(spec)
+            one = 1 if spec.worker.max_tasks_per_worker is not None else None
+            options = dataclasses.replace(
+                spec.options,
+                batch_size=one,
+                unpack="call",
+                timeout=defaults.timeout,
+                safe_exceptions=True,  # the sink shapes the outputs
+                keep_order=False,
+                **defaults.retries(),
+            )
+            lane = self._lane = spec, options
+        return lane
 
     def _map_future(
         self,

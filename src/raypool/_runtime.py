@@ -48,7 +48,9 @@ __all__ = [
     "ensure_ray",
     "in_task",
     "lend_cpu",
+    "next_piece",
     "ray_up",
+    "take_piece",
     "job_runtime_env",
     "TaskFailure",
     "classify",
@@ -197,6 +199,21 @@ def lend_cpu(handles: list[Any], timeout: float) -> None:
     """Wait up to ``timeout`` seconds for one of the tasks ``handles`` in ``ray.wait``:
     while this task waits there, Ray lends its CPU to other tasks - the ones it waits for."""
     ray.wait(handles, num_returns=1, timeout=timeout, fetch_local=False)
+
+
+def next_piece(stream: Any) -> Any:
+    """The ref of the next object a streaming task (``ObjectRefGenerator``) will yield,
+    whether it is there yet or not - so that a callback can wait for it. It holds the
+    task's error if the task fails first; past the end, ``ObjectRefStreamEndOfStreamError``.
+    (Ray's public API only blocks or polls for it: ``next(gen)``, ``gen.next_ready()``.)"""
+    core_worker = ray._private.worker.global_worker.core_worker  # type: ignore[attr-defined]  # noqa: SLF001
+    ref, _ = core_worker.peek_object_ref_stream(stream._generator_ref)  # noqa: SLF001
+    return ref
+
+
+def take_piece(stream: Any) -> None:
+    """Move ``stream`` past the piece ``next_piece`` named, once it is there."""
+    stream._next_sync(timeout_s=0)  # noqa: SLF001
 
 
 def job_runtime_env() -> dict[str, Any] | None:

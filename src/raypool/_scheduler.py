@@ -73,6 +73,7 @@ __all__ = [
     "WINDOW_EXTRA",
     "WINDOW_PER_CPU",
     "Backend",
+    "Feed",
     "MapRun",
     "MapStatistics",
     "OnError",
@@ -103,6 +104,10 @@ class Backend(Protocol):
     #: Whether the items of a task whose worker died can be run again (a Ray task can; a
     #: batch run in the calling process took that process with it).
     rerunnable: bool
+    #: Whether a task reports its items' results as they finish, in order, in pieces: then
+    #: ``result`` returns the next piece - a prefix of the items still out - and a task
+    #: stays in flight until its last item is in (see ``MapRun.complete``).
+    streams: bool
 
     def submit(self, items: list[Any], checked: bool = False) -> Any:
         """Start a batch; returns its handle. ``checked``: each value is pickled and
@@ -117,19 +122,45 @@ class Backend(Protocol):
     def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
         """The outcome of a finished batch of ``size`` items (``items``, when kept: an
         error about one item may name it). A failure of the whole task becomes a failure
-        of each of its items; this never raises."""
+        of each of its items; this never raises. A streaming backend returns the next
+        piece (``notify`` told that it is there): results of the first items out."""
 
     def finished(self, handles: Sequence[Any]) -> list[Any]:
         """Those of ``handles`` that are done, without waiting."""
 
     def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(handle)`` once ``handle`` is done, from any thread."""
+        """Call ``callback(handle)`` once ``handle`` is done (streaming: once its next
+        piece is there), from any thread."""
 
     def cancel(self, handles: Sequence[Any]) -> None:
         """Stop the batches of ``handles``; their results are no longer wanted."""
 
     def close(self) -> None:
         """Release what this backend holds (idempotent)."""
+
+
+class Feed(Protocol):
+    """An open input: items arrive while the run goes on (the pool's submitted calls).
+
+    Unlike an iterator, having nothing now does not end it: ``take`` returns what waits
+    (possibly nothing) and ``ended`` turns true once no more items will come.
+    """
+
+    #: Items taken so far.
+    read: int
+    #: Always ``None``: a feed does not fail (kept for the run's ``input_error``).
+    error: BaseException | None
+
+    @property
+    def ended(self) -> bool:
+        """No more items will come, and none waits."""
+
+    @property
+    def waiting(self) -> int:
+        """How many items wait now."""
+
+    def take(self, size: int) -> list[Any]:
+        """At most ``size`` of the waiting items (taking them packs them into a task)."""
 
 
 class Throttle(Protocol):
@@ -359,7 +390,7 @@ class _Chunk(NamedTuple):
 class _Plain:
     """Input straight into batches: no checkpoint."""
 
-    def __init__(self, source: _Source) -> None:
+    def __init__(self, source: _Source | Feed) -> None:
         self._source = source
 
     @property
@@ -448,6 +479,7 @@ class MapRun:
         on_error: ``on_error(item, exception)`` for each failed item, as its batch completes.
         limits: ways the input stops early.
         throttle: a limit on tasks shared with other runs, or ``None``.
+        feed: an open input, read instead of ``iterator`` (the pool's submitted calls).
     """
 
     def __init__(
@@ -461,6 +493,7 @@ class MapRun:
         on_error: OnError | None = None,
         limits: StreamLimits | None = None,
         throttle: Throttle | None = None,
+        feed: Feed | None = None,
     ) -> None:
         limits = limits or StreamLimits()
         self.options = options
@@ -489,9 +522,17 @@ class MapRun:
         self._keep_items = bool(
             options.ret_args or on_error or options.retry_exceptions or backend.rerunnable
         )
-        self._source = _Source(iterator, limits.limit)
+        self._feed = feed
+        self._streams = backend.streams
+        if (feed is not None or self._streams) and (options.keep_order or store is not None):
+            raise ValueError("a feed or a streaming backend takes unordered output, no store")
         salt = key_salt(options.unpack, options.batched)
-        self._reader = _Plain(self._source) if store is None else _Lookup(self._source, store, salt)
+        source = _Source(iterator, limits.limit)
+        self._source: _Source | Feed = source if feed is None else feed
+        if store is None:
+            self._reader: _Plain | _Lookup = _Plain(self._source)
+        else:
+            self._reader = _Lookup(source, store, salt)
         self._retries = _Retries(options, backend.rerunnable)
         self._in_flight: dict[Any, _Part] = {}
         self._reruns: deque[_Part] = deque()  # parts to run again, as the throttle admits
@@ -572,13 +613,16 @@ class MapRun:
                 self._reader.discard()
                 self._move(RunState.DRAINING)
                 break
-            chunk = self._reader.next(self._sizer.next_size(self._counts.taken))
+            waiting = None if self._feed is None else self._feed.waiting
+            chunk = self._reader.next(self._sizer.next_size(self._counts.taken, waiting))
             if chunk.recorded is not None:
                 self._replay(chunk)
             elif chunk.items:
                 self._start(chunk)
             if self._reader.exhausted:
                 self._move(RunState.DRAINING)
+            elif not chunk.items:
+                break  # an open feed with nothing waiting: more may come later
 
     def _new_batch(self, chunk: _Chunk) -> _Batch:
         size = len(chunk.items)
@@ -632,12 +676,23 @@ class MapRun:
         """Call ``callback(handle)`` from any thread once the task ``handle`` finishes."""
         self._backend.notify(handle, callback)
 
-    def complete(self, handle: Any) -> None:
-        """Take in the result of the finished task ``handle``."""
+    def complete(self, handle: Any) -> bool:
+        """Take in the result of the finished task ``handle`` - or, from a streaming
+        backend, its next piece. Returns whether the task is still in flight (a piece
+        came, more will): its backend must be asked to ``notify`` again."""
         part = self._in_flight.pop(handle)
         result = self._backend.result(handle, part.items, part.size)
+        done = len(result.values)
         if result.seconds > 0:
-            self._sizer.observe(part.size, result.seconds)
+            self._sizer.observe(done, result.seconds)
+        if self._streams and done < part.size:
+            assert part.items is not None
+            self._emit_piece(part.items[:done], result)
+            rest = _Part(
+                part.batch, part.offset + done, part.items[done:], part.attempts, part.checked
+            )
+            self._in_flight[handle] = rest
+            return True
         again: list[_Part] = []
         kept: BatchResult | None = result
         if self._state is not RunState.CLOSED:  # closing: nothing runs again
@@ -646,11 +701,38 @@ class MapRun:
         batch.parts += len(again) - 1
         self._reruns.extend(again)
         self._submit_reruns()
+        if self._streams:
+            if kept is not None:
+                assert part.items is not None
+                self._emit_piece(part.items, kept, {p.offset - part.offset for p in again})
+            return False
         if kept is not None:
             batch.fill(part.offset, kept)
         if not batch.parts:
             self._record(batch)
             self._finish(batch)
+        return False
+
+    def _emit_piece(
+        self, items: list[Any], result: BatchResult, skip: set[int] | frozenset[int] = frozenset()
+    ) -> None:
+        """A streaming backend's results for ``items``: output at once, each piece a batch
+        of its own (but the positions in ``skip``, which run again)."""
+        if skip:
+            keep = [i for i in range(len(items)) if i not in skip]
+            errors = result.errors or {}
+            new_errors = {n: errors[i] for n, i in enumerate(keep) if i in errors}
+            items = [items[i] for i in keep]
+            result = result._replace(
+                values=[result.values[i] for i in keep], errors=new_errors or None
+            )
+        if not items:
+            return
+        batch = _Batch(self._seq, len(items), items, None)
+        self._seq += 1
+        batch.result = result
+        self._record(batch)
+        self._finish(batch)
 
     def _record(self, batch: _Batch) -> None:
         result = batch.result

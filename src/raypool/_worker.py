@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import itertools
 import os
 import pickle
 import signal
@@ -33,10 +34,10 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from types import CodeType, FrameType, FunctionType, ModuleType, TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 import ray.cloudpickle
@@ -56,12 +57,17 @@ from ._outcome import BatchResult, ItemError, failed_batch
 from ._serialization import loads_callable
 
 __all__ = [
+    "FLUSH_SECONDS",
     "TICK_SECONDS",
+    "CallItem",
+    "CallsSpec",
     "Sealed",
     "Setup",
     "TaskSpec",
     "execute_batch",
     "execute_batch_max_calls",
+    "execute_calls",
+    "execute_calls_max_calls",
     "run_batch",
     "unseal",
 ]
@@ -475,9 +481,7 @@ TaskSpec = tuple[str, list[Any], Unpack, float | None, bool, str, Setup | None, 
 
 
 def _execute_batch(spec: TaskSpec, items: list[Any]) -> Sealed:
-    result = _run_task(spec, items)
-    checked = spec[-1]
-    return _sealed(_encoded(result, items) if checked else result, items)
+    return _seal(_run_task(spec, items), items, spec[-1])
 
 
 def _run_task(spec: TaskSpec, items: list[Any]) -> BatchResult:
@@ -519,6 +523,11 @@ Sealed = tuple[bytes | pickle.PickleBuffer, list[pickle.PickleBuffer]]
 #: A sealed pickle this large travels as a buffer, out of Ray's own pickle (one copy less
 #: on each side); smaller, a buffer costs Ray more than the copy.
 OUT_OF_BAND_BYTES = 64 * 1024
+
+
+def _seal(result: BatchResult, items: list[Any], checked: bool) -> Sealed:
+    """``result`` sealed; ``checked``: each value pickled alone first (``_encoded``)."""
+    return _sealed(_encoded(result, items) if checked else result, items)
 
 
 def _sealed(result: BatchResult, items: list[Any]) -> Sealed:
@@ -575,8 +584,131 @@ def _encoded(result: BatchResult, items: list[Any]) -> BatchResult:
 execute_batch = ray.remote(_execute_batch)
 
 
+# -- submitted calls: many functions in one task, results streamed ---------------------------
+
+
+class CallItem(NamedTuple):
+    """One submitted call as a task carries it. The calls of one function share its
+    ``box`` object, which Ray's pickle then writes once per task, not once per call."""
+
+    digest: str
+    box: list[Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __repr__(self) -> str:  # how errors name the call (item_repr)
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        inner = ", ".join(filter(None, (", ".join(map(repr, self.args)), kwargs)))
+        return f"call({inner})"
+
+
+#: What every task of submitted calls carries: ``(timeout, cancel key, setup, checked)``.
+CallsSpec = tuple[float | None, str, Setup | None, bool]
+
+#: A finished call's result is held back, to travel with the results after it, only while
+#: the next call of its task is expected to end within this long of the last piece sent:
+#: tiny calls go back in pieces (each piece costs a Ray object), a call before a slow or
+#: unknown one goes back at once.
+FLUSH_SECONDS = 0.002
+
+#: Measured seconds of a call, per function (digest), in this process: what the next
+#: call is expected to take. Weight of the newest measurement:
+CALL_ESTIMATE_WEIGHT = 0.5
+#: Functions whose estimate a process keeps (all are forgotten past this many).
+CALL_ESTIMATES_KEPT = 1024
+_call_seconds: dict[str, float] = {}
+
+
+def _execute_calls(spec: CallsSpec, items: list[CallItem]) -> Iterator[Sealed]:
+    timeout, cancel_key, setup, checked = spec
+    _watcher.begin(cancel_key)
+    try:
+        namespace = None
+        if setup is not None:
+            namespace, failure = _set_up(setup)
+            if failure is not None:
+                yield _seal(failed_batch(len(items), *failure), items, checked)
+                return
+        for start, result in _run_calls(items, namespace, timeout):
+            piece = items[start : start + len(result.values)]
+            if result.errors:
+                portable = {position: _portable(e) for position, e in result.errors.items()}
+                result = result._replace(errors=portable)
+            yield _seal(result, piece, checked)
+    finally:
+        _watcher.end()
+
+
+def _run_calls(
+    items: list[CallItem], namespace: _Namespace | None, timeout: float | None
+) -> Iterator[tuple[int, BatchResult]]:
+    """Run the calls in order; yield ``(first position, result)`` of each piece."""
+    functions: dict[str, Callable[..., Any]] = {}
+
+    def call(item: CallItem) -> Any:
+        fn = functions.get(item.digest)
+        if fn is None:  # a function that cannot be loaded fails its own calls only
+            fn = functions[item.digest] = _resolve(item.digest, item.box, namespace)
+        return fn(*item.args, **item.kwargs)
+
+    start = 0
+    while start < len(items):
+        result = _run_piece(call, items, start, timeout)
+        yield start, result
+        start += len(result.values)
+
+
+def _run_piece(
+    call: Callable[[CallItem], Any], items: list[CallItem], start: int, timeout: float | None
+) -> BatchResult:
+    """Run calls from ``start`` on until the next one is not expected to end within
+    ``FLUSH_SECONDS`` of the first. The watchdog is off between pieces: its signal never
+    fires inside Ray's code while the piece is sent."""
+    values: list[Any] = []
+    errors: dict[int, ItemError] = {}
+    retry: set[int] = set()
+    began = time.perf_counter()
+    with _Watchdog(_watcher.cancelled) as watchdog:
+        try:
+            for item in itertools.islice(items, start, None):
+                if values:
+                    expected = _call_seconds.get(item.digest)
+                    if expected is None or time.perf_counter() - began + expected >= FLUSH_SECONDS:
+                        break
+                called = time.perf_counter()
+                if timeout is None:
+                    one = _run_plain(call, (item,), IN_WORKER)
+                else:
+                    one = _run_timed(call, (item,), timeout, watchdog, IN_WORKER)
+                seconds = time.perf_counter() - called
+                old = _call_seconds.get(item.digest, seconds)
+                _call_seconds[item.digest] = old + CALL_ESTIMATE_WEIGHT * (seconds - old)
+                if one.errors:
+                    errors[len(values)] = one.errors[0]
+                if one.retry:
+                    retry.add(len(values))
+                values.append(one.values[0])
+        except _Cancelled:
+            return failed_batch(len(items) - start, CancelledError("the call was cancelled"))
+    if len(_call_seconds) > CALL_ESTIMATES_KEPT:
+        _call_seconds.clear()
+    return BatchResult(
+        values, errors or None, time.perf_counter() - began, frozenset(retry) or None
+    )
+
+
+#: The Ray task that runs a batch of submitted calls, sending results back as they finish.
+execute_calls = ray.remote(num_returns="streaming")(_execute_calls)
+
+
 @functools.cache
 def execute_batch_max_calls(max_calls: int) -> Any:
     """``execute_batch`` in a worker process that exits after ``max_calls`` tasks of it
     (Ray accepts ``max_calls`` only here, not in ``.options()``)."""
     return ray.remote(max_calls=max_calls)(_execute_batch)
+
+
+@functools.cache
+def execute_calls_max_calls(max_calls: int) -> Any:
+    """``execute_calls`` in a worker process that exits after ``max_calls`` tasks of it."""
+    return ray.remote(max_calls=max_calls, num_returns="streaming")(_execute_calls)
