@@ -596,10 +596,8 @@ class CallItem(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
-    def __repr__(self) -> str:  # how errors name the call (item_repr)
-        kwargs = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        inner = ", ".join(filter(None, (", ".join(map(repr, self.args)), kwargs)))
-        return f"call({inner})"
+    def __repr__(self) -> str:  # how errors name the call (item_repr): its arguments
+        return repr((self.args, self.kwargs))
 
 
 #: What every task of submitted calls carries: ``(timeout, cancel key, setup, checked)``.

@@ -121,6 +121,7 @@ class FakeBackend:
     ) -> None:
         self.cpus = cpus
         self.rerunnable = rerunnable
+        self.streams = False
         self.fn = fn
         self.respond = respond
         self.auto = auto
