@@ -16,7 +16,10 @@ Workloads (see benchmarks/README.md for the targets):
     d  2,000,000-item generator, unordered imap: driver RSS growth (MB), items/s
     e  time to the first result of imap over 10,000 items, Ray already up (ms)
     f  functools.partial(f, 50 MB array) over 200 items: wall (s)
-    g  2,000 submitted calls of a tiny function (submit / apply_async): calls/s
+    g  2,000 tiny calls, submit + result() in order: calls/s
+    h  2,000 tiny calls, apply_async + get() in order: calls/s
+    i  400 submitted calls of 5 ms CPU work, collected as completed: parallel efficiency
+    j  a trickle, one tiny call every 20 ms for 5 s: latency submit to result (ms)
 
 "raypool" is the engine (RayMap.imap); "RayPool" is the pool facade over it, used as
 multiprocessing code uses a Pool (imap, imap_unordered, submit).
@@ -30,12 +33,14 @@ import gc
 import itertools
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import as_completed
 from typing import Any
 
 import numpy as np
@@ -273,39 +278,150 @@ def bench_f(name: str) -> dict[str, float]:
 N_CALLS = 2_000
 
 
-def bench_g(name: str) -> dict[str, float]:
-    """Submitted calls: each call is its own task (no batching across calls)."""
-    if name == "raw Ray":
-        remote = ray.remote(workloads.square)
-        started = time.perf_counter()
-        ray.get([remote.remote(i) for i in range(N_CALLS)])
-        return {"calls/s": N_CALLS / (time.perf_counter() - started)}
-    if name == "raypool" or name == "PPE":
-        pool: Any = raypool.Pool() if name == "raypool" else _executor()
-        if name == "raypool":
-            pool.map(abs, range(4 * CPUS))
-        started = time.perf_counter()
-        futures = [pool.submit(workloads.square, i) for i in range(N_CALLS)]
-        for future in futures:
-            future.result()
-        wall = time.perf_counter() - started
-        pool.shutdown()
-        return {"calls/s": N_CALLS / wall}
-    if name == "mp.Pool":
+def _call_pool(name: str) -> Any:
+    """A started, warm pool of contender ``name`` for submitted calls ("raypool": a
+    ``raypool.Pool``, which is also its ``ProcessPoolExecutor``)."""
+    if name == "raypool":
+        pool: Any = raypool.Pool()
+    elif name == "PPE":
+        return _executor()
+    elif name == "mp.Pool":
         pool = multiprocessing.get_context("forkserver").Pool(CPUS)
     else:
         from ray.util.multiprocessing import Pool
 
         pool = Pool(CPUS)
     pool.map(abs, range(4 * CPUS))
-    started = time.perf_counter()
-    results = [pool.apply_async(workloads.square, (i,)) for i in range(N_CALLS)]
-    for result in results:
-        result.get()
-    wall = time.perf_counter() - started
-    pool.terminate()
+    return pool
+
+
+def _close(pool: Any) -> None:
+    if hasattr(pool, "terminate"):
+        pool.terminate()
+    else:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submitted(name: str, fn: Callable[..., Any], args: list[Any], how: str) -> float:
+    """Seconds to run ``fn(x)`` for each ``x`` as submitted calls, results read in order:
+    ``how`` is "submit" or "apply_async" (the contender's nearest API when it lacks it:
+    ``ProcessPoolExecutor`` has no ``apply_async``, ``multiprocessing`` pools no
+    ``submit``); raw Ray: one task per call."""
+    if name == "raw Ray":
+        remote = ray.remote(fn)
+        started = time.perf_counter()
+        ray.get([remote.remote(x) for x in args])
+        return time.perf_counter() - started
+    pool = _call_pool(name)
+    try:
+        started = time.perf_counter()
+        if how == "submit" and hasattr(pool, "submit"):
+            futures = [pool.submit(fn, x) for x in args]
+            for future in futures:
+                future.result()
+        elif hasattr(pool, "apply_async"):
+            results = [pool.apply_async(fn, (x,)) for x in args]
+            for result in results:
+                result.get()
+        else:
+            for future in [pool.submit(fn, x) for x in args]:
+                future.result()
+        return time.perf_counter() - started
+    finally:
+        _close(pool)
+
+
+def bench_g(name: str) -> dict[str, float]:
+    """2,000 tiny calls: ``submit`` + ``result()`` in order."""
+    return {"calls/s": N_CALLS / _submitted(name, workloads.square, list(range(N_CALLS)), "submit")}
+
+
+def bench_h(name: str) -> dict[str, float]:
+    """2,000 tiny calls: ``apply_async`` + ``get()`` in order."""
+    wall = _submitted(name, workloads.square, list(range(N_CALLS)), "apply_async")
     return {"calls/s": N_CALLS / wall}
 
+
+N_FIVE_MS = 400
+
+
+def bench_i(name: str) -> dict[str, float]:
+    """400 submitted calls of 5 ms CPU work, collected as they complete."""
+    work = N_FIVE_MS * 0.005
+    if name == "raw Ray":
+        remote = ray.remote(workloads.busy)
+        started = time.perf_counter()
+        pending = [remote.remote(0.005) for _ in range(N_FIVE_MS)]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+        wall = time.perf_counter() - started
+        return {"efficiency": work / (wall * CPUS)}
+    pool = _call_pool(name)
+    try:
+        started = time.perf_counter()
+        if hasattr(pool, "submit"):
+            futures = [pool.submit(workloads.busy, 0.005) for _ in range(N_FIVE_MS)]
+            for future in as_completed(futures):
+                future.result()
+        else:  # multiprocessing's pools: each result as it arrives, through a callback
+            arrived: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            for _ in range(N_FIVE_MS):
+                pool.apply_async(workloads.busy, (0.005,), callback=arrived.put)
+            for _ in range(N_FIVE_MS):
+                arrived.get()
+        wall = time.perf_counter() - started
+    finally:
+        _close(pool)
+    return {"efficiency": work / (wall * CPUS)}
+
+
+TRICKLE_EVERY = 0.02
+TRICKLE_SECONDS = 5.0
+
+
+def bench_j(name: str) -> dict[str, float]:
+    """A trickle: one tiny call every 20 ms for 5 s; each call's latency, submit to result."""
+    latencies: list[float] = []
+    if name == "raw Ray":
+        remote = ray.remote(workloads.square)
+        ray.get(remote.remote(0))
+
+        def call(x: int) -> Any:
+            return ray.get(remote.remote(x))
+
+        pool = None
+    else:
+        pool = _call_pool(name)
+        if hasattr(pool, "submit"):
+
+            def call(x: int) -> Any:
+                return pool.submit(workloads.square, x).result()
+
+        else:
+
+            def call(x: int) -> Any:
+                return pool.apply_async(workloads.square, (x,)).get()
+
+    try:
+        begin = time.perf_counter()
+        for i in range(int(TRICKLE_SECONDS / TRICKLE_EVERY)):
+            due = begin + i * TRICKLE_EVERY
+            time.sleep(max(0.0, due - time.perf_counter()))
+            started = time.perf_counter()
+            call(i)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        if pool is not None:
+            _close(pool)
+    latencies.sort()
+    return {
+        "median ms": statistics.median(latencies) * 1000,
+        "p90 ms": latencies[int(0.9 * len(latencies))] * 1000,
+    }
+
+
+CALLERS = ["raypool", "raw Ray", "mp.Pool", "PPE", "Ray's Pool"]
 
 BENCHES: dict[str, tuple[str, Callable[[str], dict[str, float]], list[str]]] = {
     "a": ("200k tiny items, ordered imap", bench_a, [*ALL[:1], "raypool tuned", *ALL[1:]]),
@@ -314,11 +430,10 @@ BENCHES: dict[str, tuple[str, Callable[[str], dict[str, float]], list[str]]] = {
     "d": ("2M-item generator, unordered imap", bench_d, ALL),
     "e": ("first result of imap over 10k items", bench_e, ALL),
     "f": ("partial(f, 50 MB array) over 200 items", bench_f, ALL),
-    "g": (
-        "2,000 submitted tiny calls",
-        bench_g,
-        ["raypool", "raw Ray", "mp.Pool", "PPE", "Ray's Pool"],
-    ),
+    "g": ("2,000 tiny calls, submit + result() in order", bench_g, CALLERS),
+    "h": ("2,000 tiny calls, apply_async + get() in order", bench_h, CALLERS),
+    "i": ("400 submitted calls of 5 ms CPU, as completed", bench_i, CALLERS),
+    "j": ("a trickle: one call every 20 ms for 5 s", bench_j, CALLERS),
 }
 
 # Which metric is compared to raypool, and whether higher is better.
@@ -330,6 +445,9 @@ HEADLINE = {
     "e": ("first result ms", False),
     "f": ("wall s", False),
     "g": ("calls/s", True),
+    "h": ("calls/s", True),
+    "i": ("efficiency", True),
+    "j": ("median ms", False),
 }
 
 
@@ -349,10 +467,10 @@ def _settle(timeout: float = 60.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="abcdefg", help="workloads to run, e.g. a,c")
+    parser.add_argument("--only", default="abcdefghij", help="workloads to run, e.g. a,c")
     parser.add_argument("--skip", default="", help="contenders to leave out, comma separated")
     args = parser.parse_args()
-    chosen = [k for k in "abcdefg" if k in args.only]
+    chosen = [k for k in BENCHES if k in args.only]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")

@@ -411,3 +411,65 @@ def use_shared(x: Any) -> Any:
         namespace.last = x
     event.set()
     return x
+
+
+def task_id() -> str:
+    """The id of the Ray task running this call (which calls shared a task)."""
+    import ray
+
+    return str(ray.get_runtime_context().get_task_id())
+
+
+def in_task(x: Any) -> tuple[Any, str]:
+    return x, task_id()
+
+
+def double_in_task(x: Any) -> tuple[Any, str]:
+    return 2 * x, task_id()
+
+
+def in_task_when(path: str, x: Any, timeout: float = 60.0) -> tuple[Any, str]:
+    """``(x, task id)`` once ``path`` exists; raises if it does not within ``timeout``."""
+    if not wait_for_path(path, timeout):
+        raise RuntimeError(f"{path} never appeared")
+    return x, task_id()
+
+
+def hold(started: str, release: str, timeout: float = 60.0) -> str:
+    """Creates ``started``, then waits for ``release``: keeps a worker (or a pool's one
+    slot) busy until the test lets go."""
+    Path(started).touch()
+    if not wait_for_path(release, timeout):
+        raise RuntimeError(f"{release} never appeared")
+    return task_id()
+
+
+def touch(path: str) -> str:
+    Path(path).touch()
+    return path
+
+
+def cpus_in_task(x: Any) -> tuple[float, str]:
+    """The CPUs Ray gave the task running this call, and its id."""
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0), task_id()
+
+
+def die_now(x: Any) -> Any:
+    os._exit(1)
+
+
+class CountedPickles:
+    """A callable that counts, in a file, how often it is pickled (``__reduce__``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        with open(self.path, "a") as log:
+            log.write("pickled\n")
+        return CountedPickles, (self.path,)
+
+    def __call__(self, x: Any) -> Any:
+        return x

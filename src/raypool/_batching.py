@@ -63,6 +63,7 @@ class BatchSizer:
         tail_min_batch_size: int = 1,
     ) -> None:
         self._fixed = batch_size
+        self._adaptive = adaptive_tail
         self._total = total if adaptive_tail else None
         self._tail_batches = max(1, tail_batches_per_core * max(1, cpus))
         self._tail_min = tail_min_batch_size
@@ -97,7 +98,7 @@ class BatchSizer:
         an open input (submitted calls), how many are ``waiting`` now: the tail rule then
         spreads those over the CPUs, down to one item per task for a trickle."""
         size = self.base_size()
-        if waiting is not None:
+        if waiting is not None and self._adaptive:
             left = waiting
         elif self._total is None:
             return size

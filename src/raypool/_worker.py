@@ -603,11 +603,13 @@ class CallItem(NamedTuple):
 #: What every task of submitted calls carries: ``(timeout, cancel key, setup, checked)``.
 CallsSpec = tuple[float | None, str, Setup | None, bool]
 
-#: A finished call's result is held back, to travel with the results after it, only while
-#: the next call of its task is expected to end within this long of the last piece sent:
-#: tiny calls go back in pieces (each piece costs a Ray object), a call before a slow or
-#: unknown one goes back at once.
-FLUSH_SECONDS = 0.002
+#: Results travel back in pieces: a piece is sent before the next call unless that call is
+#: expected to end within this long of the piece's first call's start. So a result waits
+#: at most about this long for the results after it - tiny and short calls go back
+#: together (each piece costs a Ray object: about half a millisecond of the driver's CPU
+#: here), a call before a slow or unknown one goes back at once. Lower resolves futures
+#: sooner; higher costs the driver less.
+FLUSH_SECONDS = 0.02
 
 #: Measured seconds of a call, per function (digest), in this process: what the next
 #: call is expected to take. Weight of the newest measurement:
