@@ -505,7 +505,18 @@ class IMapIterator(Iterator[Any]):
         return self._next_batch(timeout)
 
     def __next__(self) -> Any:
-        return self.next()
+        # ``next()`` without a timeout, repeated rather than called: a for loop over
+        # tiny results spends most of its time here.
+        reading = self._reading
+        position = next(reading.positions)
+        if position < reading.size:
+            if reading.plain:
+                values = reading.values
+                value = values[position]
+                values[position] = None
+                return value
+            return self._shaped(reading, position)
+        return self._next_batch(None)
 
     def _shaped(self, reading: _Reading, position: int) -> Any:
         """The output at ``position``; the batch lets go of its value (and item) - each
