@@ -473,3 +473,31 @@ class CountedPickles:
 
     def __call__(self, x: Any) -> Any:
         return x
+
+
+def counted_closure(path: str) -> tuple[Any, Any]:
+    """``(fn, set_factor)``: ``fn(x)`` is ``x * factor``, a closure that travels by value
+    with a ``CountedPickles`` (each serialization of ``fn`` adds a line to ``path``);
+    ``set_factor`` rebinds ``factor``."""
+    marker = CountedPickles(path)
+    factor = 1
+
+    def fn(x: Any) -> Any:
+        assert marker is not None  # travels with fn
+        return x * factor
+
+    def set_factor(value: Any) -> None:
+        nonlocal factor
+        factor = value
+
+    return fn, set_factor
+
+
+class Scaler:
+    """A bound method's state: ``scale(x)`` is ``x * factor``."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def scale(self, x: Any) -> Any:
+        return x * self.factor

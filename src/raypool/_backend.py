@@ -41,7 +41,14 @@ from ._runtime import (
     take_piece,
     unpickling_failure,
 )
-from ._serialization import check_items, check_shareable, dumps_callable, shipping
+from ._serialization import (
+    callable_state,
+    check_items,
+    check_shareable,
+    dumps_callable,
+    same_state,
+    shipping,
+)
 from ._worker import (
     CallsSpec,
     Setup,
@@ -203,24 +210,25 @@ class RayBackend:
         self._futures.clear()
 
 
-#: Callables a pool keeps serialized (the most recently submitted): a function submitted
+#: Functions a pool keeps serialized (the most recently submitted): a function submitted
 #: again is not serialized again, and its calls carry the same box.
 FUNCTIONS_KEPT = 64
 
 
 class Functions:
-    """The callables one pool's calls were submitted with, each serialized once.
+    """The functions one pool's calls were submitted with, each serialized once.
 
-    A callable is recognized by equality (a function by identity, a bound method by its
-    object and function), and kept - with what it refers to - while it is among the
-    ``FUNCTIONS_KEPT`` most recently submitted. A ``__main__`` function's globals travel
-    as they were when it was first submitted, as ``multiprocessing`` workers see the
-    globals of the moment they started.
+    A function (``def``, ``lambda``, a builtin) is serialized on its first call and the copy
+    reused while it is among the ``FUNCTIONS_KEPT`` most recently submitted and still
+    stands for it: a global it reads, a default or a closure value rebound since makes a
+    new copy (``_serialization.callable_state``). Bound methods, partials and callable
+    objects are serialized for every call, as the stdlib pickles them: their state may
+    change between calls.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: OrderedDict[Any, tuple[str, list[Any]]] = OrderedDict()
+        self._kept: OrderedDict[Any, tuple[tuple[Any, ...], str, list[Any]]] = OrderedDict()
 
     def ship(self, fn: Callable[..., Any]) -> tuple[str, list[Any]]:
         """``(digest, box)`` of ``fn``, for its ``CallItem``s (Ray must be connected).
@@ -228,26 +236,30 @@ class Functions:
         Raises:
             SerializationError, NotShareableError: as ``dumps_callable``.
         """
-        try:
-            with self._lock:
-                shipped = self._kept.get(fn)
-                if shipped is not None:
-                    self._kept.move_to_end(fn)
-                    return shipped
-        except TypeError:  # unhashable: serialized each time
-            blob, digest = dumps_callable(fn)
-            return digest, _box(blob)
-        blob, digest = dumps_callable(fn)
-        shipped = digest, _box(blob)
+        state = callable_state(fn)
+        if state is None:
+            return _shipped(fn)
         with self._lock:
-            self._kept[fn] = shipped
+            kept = self._kept.get(fn)
+            if kept is not None and same_state(kept[0], state):
+                self._kept.move_to_end(fn)
+                return kept[1], kept[2]
+        digest, box = _shipped(fn)
+        with self._lock:
+            self._kept[fn] = state, digest, box
+            self._kept.move_to_end(fn)
             while len(self._kept) > FUNCTIONS_KEPT:
                 self._kept.popitem(last=False)
-        return shipped
+        return digest, box
 
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+
+
+def _shipped(fn: Callable[..., Any]) -> tuple[str, list[Any]]:
+    blob, digest = dumps_callable(fn)
+    return digest, _box(blob)
 
 
 class _Refused:

@@ -18,6 +18,8 @@ daemon thread per pool, driving each call's ``MapRun`` - the engine's one schedu
   run's ``Throttle``; once ``start``ed it is touched only by the dispatcher thread.
 * ``Sink`` is what receives a call's outputs: a future, a list, or a stream with
   back-pressure. Its methods run in the dispatcher thread and must not block.
+* A streaming task (submitted calls) wakes the thread once per piece of results; it
+  stays in flight, and is watched again, until its last piece.
 * Tasks in flight across all calls never exceed ``max_in_flight``; calls waiting for room
   are served first come, first served. A call that holds as much as its own window allows
   (a stream nobody reads) waits without holding the others up.

@@ -1,9 +1,10 @@
 """RayPool: ``multiprocessing.Pool`` and ``concurrent.futures.Executor`` on the RayMap engine.
 
-Every method opens one engine call (``_engine.open_run``) of the method's function under
-the pool's ``RunSpec`` - built once per pool, and once per ``options()`` view - which the
-pool's ``Dispatcher`` drives, with a sink (``_results``) that delivers its outputs the way
-the stdlib method does:
+Every map-family method opens one engine call (``_engine.open_run``) of the method's
+function under the pool's ``RunSpec`` - built once per pool, and once per ``options()``
+view - which the pool's ``Dispatcher`` drives, with a sink (``_results``) that delivers its
+outputs the way the stdlib method does. Submitted calls join a lane instead (``_lanes``):
+one open-ended engine call per set of task options packs them into shared tasks:
 
 =====================================================  ============  ======================
 method                                                 unpack        outputs go to
@@ -253,6 +254,7 @@ class _PoolCore:
             if self.state is PoolState.RUN:
                 self.state = PoolState.CLOSE
             dispatcher = self.dispatcher
+        self.lanes.functions.clear()  # calls already queued carry their own copies
         if dispatcher is not None:
             dispatcher.close()
 
@@ -280,6 +282,7 @@ class _PoolCore:
         with self.lock:
             self.state = PoolState.TERMINATE
             dispatcher = self.dispatcher
+        self.lanes.functions.clear()
         for future in list(self.futures):
             future.cancel()
         if dispatcher is not None:
@@ -689,9 +692,12 @@ class RayPool(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``.
 
-        The future works with ``as_completed``, ``wait`` and ``add_done_callback``;
-        ``cancel()`` succeeds while the task has not been handed to Ray (it waits while the
-        pool has ``processes`` tasks in flight). Per-call options: ``pool.options(...)``.
+        The future works with ``as_completed``, ``wait`` and ``add_done_callback``. Calls
+        are packed into shared Ray tasks (each future resolves when its own call ends);
+        ``cancel()`` succeeds until the call is packed - when the future turns
+        ``running()`` - and calls wait unpacked while the pool has ``processes`` tasks in
+        flight. Per-call options: ``pool.options(...)``; calls with other options run in
+        other tasks.
 
         Raises:
             PoolClosedError: (a ``RuntimeError``) the pool was shut down.

@@ -39,6 +39,12 @@ Data flow of one call, and the thread each step runs in::
   batch, or a slice of it run again after its worker died. Once every part of a batch is
   in, the batch is recorded and joins the window's output side.
 * **Taking** (``pop_ready``/``take``): in input order (``keep_order``) or as ready.
+* **Open input, streamed results** (the pool's submitted calls, ``_lanes``): the input may
+  be a ``Feed`` - having nothing now does not end it; the next batch is then sized from
+  the items waiting, spread over the CPUs - and a streaming backend's task reports its
+  items' results in pieces while it runs. Each piece is output at once as a batch of its
+  own (unordered only, no checkpoint); a task lost midway runs again only the items it had
+  not reported.
 * **States** (``RunState``): ``FILLING`` while input is read; ``DRAINING`` once it ended
   (or was stopped) and what is in flight finishes; ``CLOSED`` after ``close()``, which
   cancels the tasks still in flight and closes the checkpoint. ``_move`` is the one place

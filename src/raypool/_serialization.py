@@ -33,13 +33,14 @@ import importlib
 import io
 import multiprocessing.connection
 import multiprocessing.queues
+import operator
 import os
 import pickle
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.context import get_spawning_popen, set_spawning_popen
-from types import ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any
 
 import dill
@@ -47,12 +48,14 @@ import dill
 from ._errors import NotShareableError, SerializationError
 
 __all__ = [
+    "callable_state",
     "check_items",
     "check_shareable",
     "dumps_callable",
     "dumps_value",
     "loads_callable",
     "loads_value",
+    "same_state",
     "shipping",
     "user_paths",
 ]
@@ -232,6 +235,52 @@ def _dill_dumps(fn: Callable[..., Any]) -> bytes:
     with shipping():
         _CallablePickler(file, recurse=True).dump(fn)
     return file.getvalue()
+
+
+def callable_state(fn: Callable[..., Any]) -> tuple[Any, ...] | None:
+    """What a serialized copy of ``fn`` captured besides ``fn`` itself, to tell whether a
+    copy made earlier still stands for it (compare with ``same_state``); ``None`` when that
+    cannot be told cheaply - a bound method, a partial, a callable object: their state may
+    change between calls, and the stdlib pickles them for every call.
+
+    For a function: its code, its defaults, the values of its closure cells and of the
+    globals its code reads. Rebinding one (``factor = 3``) calls for a new copy; a change
+    inside a mutable value (``config["k"] = 3``) is not seen.
+    """
+    if isinstance(fn, BuiltinFunctionType):  # len, math.sqrt: by reference, no state
+        owner = getattr(fn, "__self__", None)
+        return () if owner is None or isinstance(owner, ModuleType) else None
+    if type(fn) is not FunctionType:
+        return None
+    cells = tuple(_cell_value(cell) for cell in fn.__closure__ or ())
+    namespace = fn.__globals__
+    read = tuple(namespace.get(name, _UNSET) for name in _global_names(fn.__code__))
+    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, *cells, *read)
+
+
+def same_state(one: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    """Whether two ``callable_state``s hold the very same objects."""
+    return len(one) == len(other) and all(map(operator.is_, one, other))
+
+
+_UNSET = object()
+
+
+def _cell_value(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # not assigned yet
+        return _UNSET
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: CodeType) -> tuple[str, ...]:
+    """The names ``code`` (and the code nested in it) may read as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
 
 
 def _system_dirs() -> tuple[str, ...]:

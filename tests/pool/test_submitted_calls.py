@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import raypool
-from raypool import WorkerCrashedError
 from tests.helpers import (
-    CountedPickles,
+    Scaler,
     count_lines,
+    counted_closure,
     cpus_in_task,
     die_now,
     double_in_task,
@@ -30,6 +28,9 @@ from tests.helpers import (
     touch,
     wait_for_path,
 )
+
+import raypool
+from raypool import WorkerCrashedError
 
 TIMEOUT = 60
 
@@ -93,9 +94,7 @@ def test_calls_asking_for_other_resources_run_in_other_tasks(held: Held) -> None
     assert not {task for _, task in plain_results} & {task for _, task in half_results}
 
 
-def test_cancel_succeeds_until_the_call_is_packed_into_a_task(
-    held: Held, tmp_path: Path
-) -> None:
+def test_cancel_succeeds_until_the_call_is_packed_into_a_task(held: Held, tmp_path: Path) -> None:
     never = tmp_path / "never"
     waiting = held.executor.submit(touch, str(never))
     assert waiting.cancel()  # still waiting in the driver: it never runs
@@ -171,7 +170,8 @@ def test_wait_add_done_callback_and_asyncio_see_each_call(held: Held, tmp_path: 
     fast.add_done_callback(lambda future: seen.append(future.result()))
     held.release()
     done, pending = wait([fast, slow], TIMEOUT, return_when=FIRST_COMPLETED)
-    assert done == {fast} and pending == {slow}
+    assert done == {fast}
+    assert pending == {slow}
     assert seen == [9]
 
     async def both() -> list[Any]:
@@ -190,13 +190,25 @@ def test_apply_async_calls_are_packed_and_each_calls_back(tmp_path: Path) -> Non
         assert pool.apply(square, (7,)) == 49
 
 
-def test_a_function_is_serialized_once_per_pool(tmp_path: Path) -> None:
+def test_a_function_is_serialized_once_per_pool_while_what_it_captured_stands(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "pickles"
-    fn = CountedPickles(str(log))
+    fn, set_factor = counted_closure(str(log))
     with raypool.ProcessPoolExecutor() as executor:
-        assert executor.submit(fn, 0).result(TIMEOUT) == 0
+        assert executor.submit(fn, 2).result(TIMEOUT) == 2
         once = count_lines(log)
-        assert [f.result(TIMEOUT) for f in [executor.submit(fn, x) for x in range(20)]] == list(
-            range(20)
-        )
+        futures = [executor.submit(fn, x) for x in range(20)]
+        assert [future.result(TIMEOUT) for future in futures] == list(range(20))
         assert count_lines(log) == once
+        set_factor(5)  # a value it captured is rebound: a new copy carries it
+        assert executor.submit(fn, 2).result(TIMEOUT) == 10
+        assert count_lines(log) > once
+
+
+def test_a_bound_method_travels_with_its_objects_state_at_each_call() -> None:
+    scaler = Scaler(2)
+    with raypool.ProcessPoolExecutor() as executor:
+        assert executor.submit(scaler.scale, 3).result(TIMEOUT) == 6
+        scaler.factor = 10  # as the stdlib pickles it for every call
+        assert executor.submit(scaler.scale, 3).result(TIMEOUT) == 30

@@ -115,14 +115,16 @@ def test_an_open_feed_with_nothing_waiting_does_not_end_the_run() -> None:
     feed, backend = ListFeed(), PieceBackend()
     run = make_run(feed, backend, batch_size=10)
     run.fill()
-    assert run.state is RunState.FILLING and backend.submitted == []
+    assert run.state is RunState.FILLING
+    assert backend.submitted == []
     feed.queue.extend([1, 2, 3])
     run.fill()
     assert backend.submitted == [[1, 2, 3]]  # what waited, in one task
     backend.tasks[0].pieces.append(compute(times_ten, [1, 2, 3]))
     assert run.complete(backend.tasks[0]) is False
     assert outputs(run) == [10, 20, 30]
-    assert run.state is RunState.FILLING and not run.drained
+    assert run.state is RunState.FILLING
+    assert not run.drained
     feed.closed = True
     run.fill()
     assert run.drained
@@ -135,7 +137,8 @@ def test_a_closed_feed_still_runs_what_waits() -> None:
     feed.closed = True
     run.fill()
     assert backend.submitted == [[1, 2], [3]]
-    assert run.state is RunState.DRAINING and not run.drained
+    assert run.state is RunState.DRAINING
+    assert not run.drained
 
 
 def test_each_piece_is_output_as_it_comes_and_the_task_stays_in_flight() -> None:
