@@ -48,6 +48,7 @@ ALLOWED = {
     "_results": {"_dispatch", "_errors", "_outcome"},
     "_lanes": {
         "_backend",
+        "_lifecycle",
         "_config",
         "_dispatch",
         "_engine",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,6 +52,7 @@ from ._serialization import (
 )
 from ._worker import (
     CallsSpec,
+    Piece,
     Setup,
     TaskSpec,
     execute_batch,
@@ -210,8 +212,8 @@ class RayBackend:
         self._futures.clear()
 
 
-#: Functions a pool keeps serialized (the most recently submitted): a function submitted
-#: again is not serialized again, and its calls carry the same box.
+#: Functions a pool keeps serialized (the most recently submitted, while they live): a
+#: function submitted again is not serialized again, and its calls carry the same box.
 FUNCTIONS_KEPT = 64
 
 
@@ -219,16 +221,19 @@ class Functions:
     """The functions one pool's calls were submitted with, each serialized once.
 
     A function (``def``, ``lambda``, a builtin) is serialized on its first call and the copy
-    reused while it is among the ``FUNCTIONS_KEPT`` most recently submitted and still
-    stands for it: a global it reads, a default or a closure value rebound since makes a
-    new copy (``_serialization.callable_state``). Bound methods, partials and callable
-    objects are serialized for every call, as the stdlib pickles them: their state may
-    change between calls.
+    reused while the function lives, is among the ``FUNCTIONS_KEPT`` most recently
+    submitted, and the copy still stands for it: a global it (or a ``__main__`` function it
+    calls) reads, a default or a closure value rebound since makes a new copy
+    (``_serialization.callable_state``). Bound methods, partials and callable objects are
+    serialized for every call, as the stdlib pickles them: their state may change.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: OrderedDict[Any, tuple[tuple[Any, ...], str, list[Any]]] = OrderedDict()
+        #: id(fn) -> (a weak reference to fn - a builtin's own self, which never dies -,
+        #: the state its copy captured, digest, box)
+        self._kept: OrderedDict[int, tuple[Any, tuple[Any, ...], str, list[Any]]] = OrderedDict()
+        self._dead: list[tuple[int, Any]] = []  # appended by weakref callbacks, any thread
 
     def ship(self, fn: Callable[..., Any]) -> tuple[str, list[Any]]:
         """``(digest, box)`` of ``fn``, for its ``CallItem``s (Ray must be connected).
@@ -239,22 +244,39 @@ class Functions:
         state = callable_state(fn)
         if state is None:
             return _shipped(fn)
+        key = id(fn)
         with self._lock:
-            kept = self._kept.get(fn)
-            if kept is not None and same_state(kept[0], state):
-                self._kept.move_to_end(fn)
-                return kept[1], kept[2]
+            self._forget_dead()
+            kept = self._kept.get(key)
+            if kept is not None and _alive(kept[0]) is fn and same_state(kept[1], state):
+                self._kept.move_to_end(key)
+                return kept[2], kept[3]
         digest, box = _shipped(fn)
+        try:
+            ref: Any = weakref.ref(fn, lambda dead: self._dead.append((key, dead)))
+        except TypeError:  # a builtin: it lives as long as its module
+            ref = fn
         with self._lock:
-            self._kept[fn] = state, digest, box
-            self._kept.move_to_end(fn)
+            self._kept[key] = ref, state, digest, box
+            self._kept.move_to_end(key)
             while len(self._kept) > FUNCTIONS_KEPT:
                 self._kept.popitem(last=False)
         return digest, box
 
+    def _forget_dead(self) -> None:
+        while self._dead:
+            key, dead = self._dead.pop()
+            kept = self._kept.get(key)
+            if kept is not None and kept[0] is dead:
+                del self._kept[key]
+
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+
+
+def _alive(ref: Any) -> Any:
+    return ref() if isinstance(ref, weakref.ref) else ref
 
 
 def _shipped(fn: Callable[..., Any]) -> tuple[str, list[Any]]:
@@ -332,14 +354,17 @@ class CallBackend:
             return failed_batch(size, handle.error, retry=False, rerun=rerun)
         future = self._futures.pop(handle, None)
         try:
-            sealed = future.result() if future is not None else ray.get(next_piece(handle))
+            piece: Piece = future.result() if future is not None else ray.get(next_piece(handle))
             take_piece(handle)
-        except Exception as exc:
+        except Exception as exc:  # the task failed: every call not reported yet
             return _failed(classify(exc), items, size)
+        count, sealed = piece
+        if items is not None:
+            items = items[:count]
         try:
             result = unseal(sealed)
-        except (Exception, SystemExit) as exc:
-            return _failed(unpickling_failure(exc), items, size)
+        except (Exception, SystemExit) as exc:  # this piece's calls only
+            return _failed(unpickling_failure(exc), items, count)
         return _decoded(result, items) if result.encoded else result
 
     def wait(self, handles: Sequence[Any]) -> Any:

@@ -7,8 +7,9 @@ Two rules combine:
   (one to a few milliseconds on a 2-core machine) stays a few percent of the task. Slow
   items fall back to batches of one. Until the first measurement arrives batches hold one
   item, which also gives the caller its first result as early as possible.
-* **Adaptive tail** (when the input's length is known, or for an open input such as the
-  pool's submitted calls, counting the items waiting now): once the items left would fill
+* **Open input** (the pool's submitted calls): the items waiting now go in at least as many
+  tasks as there are CPUs.
+* **Adaptive tail** (when the input's length is known): once the items left would fill
   fewer than ``tail_batches_per_core`` batches per CPU, each new batch takes only that
   share of what is left, so batch sizes shrink geometrically toward
   ``tail_min_batch_size`` and the last tasks finish together instead of one long straggler.
@@ -63,6 +64,7 @@ class BatchSizer:
         tail_min_batch_size: int = 1,
     ) -> None:
         self._fixed = batch_size
+        self._cpus = max(1, cpus)
         self._adaptive = adaptive_tail
         self._total = total if adaptive_tail else None
         self._tail_batches = max(1, tail_batches_per_core * max(1, cpus))
@@ -95,15 +97,16 @@ class BatchSizer:
 
     def next_size(self, submitted_items: int, waiting: int | None = None) -> int:
         """Size of the next batch, given how many items were already submitted - or, for
-        an open input (submitted calls), how many are ``waiting`` now: the tail rule then
-        spreads those over the CPUs, down to one item per task for a trickle."""
+        an open input (submitted calls), how many are ``waiting`` now: those then go in at
+        least as many tasks as there are CPUs (down to one item per task for a trickle),
+        however short the items measured so far: a slow call may follow tiny ones, and
+        calls that wait together run at once, as on the stdlib's processes."""
         size = self.base_size()
         if waiting is not None and self._adaptive:
-            left = waiting
-        elif self._total is None:
+            return max(1, min(size, math.ceil(waiting / self._cpus)))
+        if self._total is None:
             return size
-        else:
-            left = self._total - submitted_items
+        left = self._total - submitted_items
         if left <= 0:
             return size
         share = math.ceil(left / self._tail_batches)

@@ -171,8 +171,15 @@ class Dispatcher:
         return Call(self, sink, open_run)
 
     def start(self, call: Call) -> None:
-        """Hand ``call`` to the dispatcher thread."""
+        """Hand ``call`` to the dispatcher thread.
+
+        Raises:
+            RuntimeError: the dispatcher was closed (by the interpreter's exit: a pool's
+                own ``close()`` refuses new calls before).
+        """
         with self._lock:
+            if self._closing:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._active += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
@@ -322,18 +329,17 @@ class Dispatcher:
         try:
             if kind is _START:
                 self._calls[call] = None
-                if self._closing:  # started after the release (a race with close())
-                    call.sink.release()
                 self._enqueue(call)
             elif kind is _DONE:
                 handle = event[2]
                 if not call.run.owns(handle):
                     self._handles.pop(handle, None)
                     return  # cancelled meanwhile
+                self._in_flight -= 1  # before: complete() may raise, and end the call
                 if call.run.complete(handle):  # a piece of a streaming task: more to come
+                    self._in_flight += 1
                     self._watch(call, handle)
                 else:
-                    self._in_flight -= 1
                     self._handles.pop(handle, None)
                 self._deliver(call)
                 self._enqueue(call)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any
 
+from . import _lifecycle
 from ._backend import CallBackend, Functions
 from ._config import MapOptions
 from ._dispatch import Call, CallState, Dispatcher
@@ -148,7 +149,9 @@ class Lanes:
 
     def __init__(self) -> None:
         self.functions = Functions()
-        self._lanes: dict[str, Lane] = {}
+        #: (what goes into a task, its lane), compared with ``==``: Ray's scheduling
+        #: strategies compare by identity, and are held here, so never confused.
+        self._lanes: list[tuple[tuple[Any, ...], Lane]] = []
 
     def prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -172,22 +175,43 @@ class Lanes:
         pool's lock, and has checked that the pool runs.
 
         Raises:
-            RuntimeError: the interpreter's exit closed the lane meanwhile.
+            RuntimeError: the interpreter's exit closed the pool's lanes meanwhile.
         """
-        key = repr(
-            (
-                spec.worker.remote_options,
-                options.timeout,
-                options.max_retries,
-                options.retry_exceptions,
-                options.batch_size,
-            )
+        key = (
+            spec.worker.remote_options,
+            options.timeout,
+            options.max_retries,
+            options.retry_exceptions,
+            options.batch_size,
         )
-        lane = self._lanes.get(key)
-        if lane is None or lane.call.state is CallState.ENDED:  # ended by an error of its own
-            lane = self._lanes[key] = Lane(dispatcher, spec, options)
-            dispatcher.start(lane.call)
         item, proxies = prepared
-        if not lane.add(item, sink, proxies):  # released: the interpreter's exit began
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        for _ in range(2):
+            lane = self._lane(key, dispatcher, spec, options)
+            if lane.add(item, sink, proxies):
+                break
+            if _lifecycle.exiting():  # released by the exit hook
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            # else its run ended (an error of its own) meanwhile: open another
+        else:
+            raise RuntimeError("submitted calls cannot be queued: their lane keeps ending")
         return lane.call
+
+    def _lane(
+        self, key: tuple[Any, ...], dispatcher: Dispatcher, spec: RunSpec, options: MapOptions
+    ) -> Lane:
+        """The running lane of ``key``, or a new one (whose run ``dispatcher`` starts)."""
+        lanes = self._lanes
+        for index, (known, lane) in enumerate(lanes):
+            if known == key:
+                if lane.call.state is not CallState.ENDED:
+                    return lane
+                del lanes[index]  # ended by an error of its own
+                break
+        lane = Lane(dispatcher, spec, options)
+        try:
+            dispatcher.start(lane.call)
+        except BaseException:  # closed by the interpreter's exit meanwhile
+            lane.call.run.close()
+            raise
+        lanes.append((key, lane))
+        return lane

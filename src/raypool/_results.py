@@ -69,6 +69,10 @@ Batch = tuple[list[Any] | None, list[Any], dict[int, ItemError] | None]
 def settle(future: Future[Any], error: BaseException) -> None:
     """End ``future`` with ``error``; a cancellation of a future not yet running cancels it."""
     if isinstance(error, CancelledError) and future.cancel():
+        # Wake wait()/as_completed() on it, as the stdlib's executors do for a future they
+        # cancel (cancel() alone does not); done already if a lane's take() saw it.
+        with contextlib.suppress(RuntimeError):
+            future.set_running_or_notify_cancel()
         return
     # Already done or cancelled meanwhile is fine; checking first would race.
     with contextlib.suppress(InvalidStateError):
@@ -130,7 +134,10 @@ class _FutureBacked:
     future: Future[Any]
 
     def begin(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
+        try:
+            return self.future.set_running_or_notify_cancel()
+        except RuntimeError:  # cancelled, and waiters told already (``settle``)
+            return False
 
     def room(self) -> bool:
         return True

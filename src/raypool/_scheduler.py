@@ -691,27 +691,27 @@ class MapRun:
         done = len(result.values)
         if result.seconds > 0:
             self._sizer.observe(done, result.seconds)
-        if self._streams and done < part.size:
-            assert part.items is not None
-            self._emit_piece(part.items[:done], result)
-            rest = _Part(
-                part.batch, part.offset + done, part.items[done:], part.attempts, part.checked
+        more = self._streams and done < part.size
+        if more:  # the piece is a part of its own; the rest stays in flight
+            items, offset = part.items, part.offset
+            assert items is not None
+            self._in_flight[handle] = _Part(
+                part.batch, offset + done, items[done:], part.attempts, part.checked
             )
-            self._in_flight[handle] = rest
-            return True
+            part = _Part(part.batch, offset, items[:done], part.attempts, part.checked)
         again: list[_Part] = []
         kept: BatchResult | None = result
         if self._state is not RunState.CLOSED:  # closing: nothing runs again
             again, kept = self._retries.plan(part, result)
-        batch = part.batch
-        batch.parts += len(again) - 1
         self._reruns.extend(again)
         self._submit_reruns()
         if self._streams:
             if kept is not None:
                 assert part.items is not None
                 self._emit_piece(part.items, kept, {p.offset - part.offset for p in again})
-            return False
+            return more
+        batch = part.batch
+        batch.parts += len(again) - 1
         if kept is not None:
             batch.fill(part.offset, kept)
         if not batch.parts:

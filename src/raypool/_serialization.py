@@ -244,18 +244,34 @@ def callable_state(fn: Callable[..., Any]) -> tuple[Any, ...] | None:
     change between calls, and the stdlib pickles them for every call.
 
     For a function: its code, its defaults, the values of its closure cells and of the
-    globals its code reads. Rebinding one (``factor = 3``) calls for a new copy; a change
-    inside a mutable value (``config["k"] = 3``) is not seen.
+    globals its code reads - and the same of the ``__main__`` and nested functions among
+    those, which travel by value with it. Rebinding one (``factor = 3``) calls for a new
+    copy; a change inside a mutable value (``config["k"] = 3``) is not seen.
     """
     if isinstance(fn, BuiltinFunctionType):  # len, math.sqrt: by reference, no state
         owner = getattr(fn, "__self__", None)
         return () if owner is None or isinstance(owner, ModuleType) else None
     if type(fn) is not FunctionType:
         return None
-    cells = tuple(_cell_value(cell) for cell in fn.__closure__ or ())
+    state: list[Any] = []
+    _function_state(fn, state, set())
+    return tuple(state)
+
+
+def _function_state(fn: FunctionType, state: list[Any], seen: set[int]) -> None:
+    seen.add(id(fn))
+    cells = [_cell_value(cell) for cell in fn.__closure__ or ()]
     namespace = fn.__globals__
-    read = tuple(namespace.get(name, _UNSET) for name in _global_names(fn.__code__))
-    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, *cells, *read)
+    read = [namespace.get(name, _UNSET) for name in _global_names(fn.__code__)]
+    state += (fn.__code__, fn.__defaults__, fn.__kwdefaults__, *cells, *read)
+    for value in (*cells, *read):
+        if type(value) is FunctionType and id(value) not in seen and _by_value(value):
+            _function_state(value, state, seen)
+
+
+def _by_value(fn: FunctionType) -> bool:
+    """Whether dill copies ``fn`` (rather than naming it): ``__main__`` and nested ones."""
+    return fn.__module__ in _MAIN_MODULES or "<locals>" in fn.__qualname__
 
 
 def same_state(one: tuple[Any, ...], other: tuple[Any, ...]) -> bool:

@@ -61,6 +61,7 @@ __all__ = [
     "TICK_SECONDS",
     "CallItem",
     "CallsSpec",
+    "Piece",
     "Sealed",
     "Setup",
     "TaskSpec",
@@ -612,14 +613,20 @@ CallsSpec = tuple[float | None, str, Setup | None, bool]
 FLUSH_SECONDS = 0.02
 
 #: Measured seconds of a call, per function (digest), in this process: what the next
-#: call is expected to take. Weight of the newest measurement:
-CALL_ESTIMATE_WEIGHT = 0.5
+#: call is expected to take - the longest recent one; the estimate keeps this share of
+#: itself at each call (lower forgets a slow call sooner):
+CALL_ESTIMATE_DECAY = 0.9
 #: Functions whose estimate a process keeps (all are forgotten past this many).
 CALL_ESTIMATES_KEPT = 1024
 _call_seconds: dict[str, float] = {}
 
 
-def _execute_calls(spec: CallsSpec, items: list[CallItem]) -> Iterator[Sealed]:
+#: What a task of calls yields for each piece: how many calls it reports (so that the
+#: driver knows, even if it cannot unpickle them) and their sealed ``BatchResult``.
+Piece = tuple[int, Sealed]
+
+
+def _execute_calls(spec: CallsSpec, items: list[CallItem]) -> Iterator[Piece]:
     timeout, cancel_key, setup, checked = spec
     _watcher.begin(cancel_key)
     try:
@@ -627,14 +634,14 @@ def _execute_calls(spec: CallsSpec, items: list[CallItem]) -> Iterator[Sealed]:
         if setup is not None:
             namespace, failure = _set_up(setup)
             if failure is not None:
-                yield _seal(failed_batch(len(items), *failure), items, checked)
+                yield len(items), _seal(failed_batch(len(items), *failure), items, checked)
                 return
         for start, result in _run_calls(items, namespace, timeout):
             piece = items[start : start + len(result.values)]
             if result.errors:
                 portable = {position: _portable(e) for position, e in result.errors.items()}
                 result = result._replace(errors=portable)
-            yield _seal(result, piece, checked)
+            yield len(piece), _seal(result, piece, checked)
     finally:
         _watcher.end()
 
@@ -681,8 +688,10 @@ def _run_piece(
                 else:
                     one = _run_timed(call, (item,), timeout, watchdog, IN_WORKER)
                 seconds = time.perf_counter() - called
-                old = _call_seconds.get(item.digest, seconds)
-                _call_seconds[item.digest] = old + CALL_ESTIMATE_WEIGHT * (seconds - old)
+                # The longest recent call, fading: one slow call makes the next ones of
+                # its function go back at once for a while.
+                old = _call_seconds.get(item.digest, 0.0)
+                _call_seconds[item.digest] = max(seconds, old * CALL_ESTIMATE_DECAY)
                 if one.errors:
                     errors[len(values)] = one.errors[0]
                 if one.retry:

@@ -47,10 +47,9 @@ class Held:
         self.holder = self.executor.submit(hold, str(started), str(self._release))
         assert wait_for_path(started, TIMEOUT)
 
-    def release(self) -> str:
-        """Free the slot; the id of the task that held it."""
+    def release(self) -> None:
+        """Free the slot."""
         self._release.touch()
-        return str(self.holder.result(TIMEOUT))
 
 
 @pytest.fixture
@@ -212,3 +211,11 @@ def test_a_bound_method_travels_with_its_objects_state_at_each_call() -> None:
         assert executor.submit(scaler.scale, 3).result(TIMEOUT) == 6
         scaler.factor = 10  # as the stdlib pickles it for every call
         assert executor.submit(scaler.scale, 3).result(TIMEOUT) == 30
+
+
+def test_terminate_settles_waiting_calls_so_that_wait_returns(held: Held) -> None:
+    futures = [held.executor.submit(square, x) for x in range(5)]
+    held.executor.terminate()
+    done, not_done = wait(futures, timeout=TIMEOUT)
+    assert not not_done
+    assert all(future.cancelled() for future in futures)

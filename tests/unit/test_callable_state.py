@@ -57,3 +57,18 @@ def test_builtins_have_no_state_and_objects_with_state_are_not_reused() -> None:
     assert callable_state(Scale()) is None
     assert callable_state(Scale().method) is None
     assert callable_state(functools.partial(scaled)) is None
+
+
+def test_a_nested_helper_it_calls_is_part_of_the_state() -> None:
+    scale = 2
+
+    def helper(x: int) -> int:
+        return x * scale
+
+    def fn(x: int) -> int:
+        return helper(x)
+
+    before = callable_state(fn)
+    assert before is not None
+    scale = 3
+    assert not same_state(before, callable_state(fn) or ())

@@ -202,16 +202,53 @@ def test_a_streaming_run_refuses_ordered_output() -> None:
 
 @pytest.mark.parametrize(
     ("waiting", "expected"),
-    [(400, 10), (20, 5), (3, 2), (1, 2)],
+    [(400, 10), (20, 10), (5, 3), (3, 2), (1, 1)],
 )
-def test_the_calls_waiting_spread_over_the_cpus(waiting: int, expected: int) -> None:
+def test_the_calls_waiting_go_in_at_least_as_many_tasks_as_cpus(
+    waiting: int, expected: int
+) -> None:
     sizer = BatchSizer(None, cpus=2, total=None)
-    sizer.observe(100, 0.5)  # 5 ms per call: 10 per task, tasks of 10 ms at the least
+    sizer.observe(100, 0.5)  # 5 ms per call: 10 per task
     assert sizer.next_size(0, waiting) == expected
 
 
-def test_slow_calls_that_trickle_in_go_one_per_task() -> None:
-    sizer = BatchSizer(None, cpus=2, total=None)
-    sizer.observe(10, 1.0)  # 100 ms per call
-    assert sizer.next_size(0, 1) == 1
-    assert sizer.next_size(0, 3) == 1
+def test_slow_calls_after_tiny_ones_still_spread_over_the_cpus() -> None:
+    sizer = BatchSizer(None, cpus=8, total=None)
+    sizer.observe(10_000, 1.0)  # 0.1 ms per call so far
+    assert sizer.next_size(0, 8) == 1  # eight calls on eight CPUs: one task each
+    assert sizer.next_size(0, 16) == 2
+
+
+def test_a_retried_exception_in_an_early_piece_runs_that_item_again() -> None:
+    feed, backend = ListFeed(), PieceBackend()
+    run = make_run(feed, backend, batch_size=3, retry_exceptions=(ValueError,), max_retries=1)
+    feed.queue.extend([1, 2, 3])
+    run.fill()
+    (task,) = backend.tasks
+
+    def fails(x: int) -> int:
+        raise ValueError("flaky")
+
+    task.pieces.append(compute(fails, [1]))
+    assert run.complete(task) is True
+    assert backend.submitted[1:] == [[1]]  # alone, while its task goes on
+    assert outputs(run) == []
+    task.pieces.append(compute(times_ten, [2, 3]))
+    assert run.complete(task) is False
+    backend.tasks[1].pieces.append(compute(times_ten, [1]))
+    assert run.complete(backend.tasks[1]) is False
+    assert sorted(outputs(run)) == [10, 20, 30]
+
+
+def test_a_piece_that_cannot_be_unpickled_runs_again_checked_alone() -> None:
+    feed, backend = ListFeed(), PieceBackend()
+    run = make_run(feed, backend, batch_size=3)
+    feed.queue.extend([1, 2, 3])
+    run.fill()
+    (task,) = backend.tasks
+    task.pieces.append(failed_batch(1, ValueError("cannot unpickle"), rerun=Rerun.CHECKED))
+    assert run.complete(task) is True  # the other calls of the task go on
+    assert backend.submitted[1:] == [[1]]
+    task.pieces.append(compute(times_ten, [2, 3]))
+    run.complete(task)
+    assert outputs(run) == [20, 30]
