@@ -301,6 +301,8 @@ class CallBackend:
     when its task does.
 
     Args:
+        cpus: how many of its tasks run at once (the pool's size): the calls waiting
+            spread over that many tasks.
         timeout: each call's timeout, in seconds.
         remote_options: passed to ``.options()`` of the task.
         setup: what each worker process runs once before its first call.
@@ -313,12 +315,13 @@ class CallBackend:
     def __init__(
         self,
         *,
+        cpus: int,
         timeout: float | None,
         remote_options: dict[str, Any] | None = None,
         setup: Setup | None = None,
         max_calls: int | None = None,
     ) -> None:
-        self.cpus = cluster_cpus()
+        self.cpus = cpus
         #: Calls or initargs hold ``Manager()`` proxies: send them with their authkey.
         self.ships_proxies = False
         remote = execute_calls if max_calls is None else execute_calls_max_calls(max_calls)

@@ -204,10 +204,11 @@ def open_run(
 
 
 def open_calls(
-    spec: RunSpec, options: MapOptions, feed: Feed, throttle: Throttle
+    spec: RunSpec, options: MapOptions, feed: Feed, throttle: Throttle, cpus: int
 ) -> tuple[MapRun, CallBackend]:
     """Open the run that packs submitted calls (``_worker.CallItem``) from ``feed`` into
-    streaming tasks, sized from measured call durations, as long as the feed is open.
+    streaming tasks, sized from measured call durations and spread over ``cpus`` tasks
+    at once (the pool's size), as long as the feed is open.
 
     Returns:
         The run, and its backend (``ships_proxies`` may be turned on as calls arrive).
@@ -215,6 +216,7 @@ def open_calls(
     connect(spec)
     worker = spec.worker
     backend = CallBackend(
+        cpus=cpus,
         timeout=options.timeout,
         remote_options=_remote_options(worker),
         setup=None if spec.initializer is None else spec.initializer.for_workers(),

@@ -54,17 +54,21 @@ class Lane:
     #: A lane's input never fails (``Feed``).
     error: BaseException | None = None
 
-    def __init__(self, dispatcher: Dispatcher, spec: RunSpec, options: MapOptions) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, spec: RunSpec, options: MapOptions, cpus: int
+    ) -> None:
         self._lock = threading.Lock()
         self._waiting: deque[tuple[CallItem, FutureSink]] = deque()
         self._packed: dict[int, FutureSink] = {}  # id(item) -> its sink; dispatcher thread
         self._closed = False
         self.read = 0
         self.backend: CallBackend | None = None
-        self.call = dispatcher.call(self, lambda throttle: self._open(spec, options, throttle))
+        self.call = dispatcher.call(
+            self, lambda throttle: self._open(spec, options, throttle, cpus)
+        )
 
-    def _open(self, spec: RunSpec, options: MapOptions, throttle: Throttle) -> MapRun:
-        run, self.backend = open_calls(spec, options, self, throttle)
+    def _open(self, spec: RunSpec, options: MapOptions, throttle: Throttle, cpus: int) -> MapRun:
+        run, self.backend = open_calls(spec, options, self, throttle, cpus)
         return run
 
     # -- caller threads -----------------------------------------------------------------------
@@ -170,9 +174,11 @@ class Lanes:
         options: MapOptions,
         prepared: tuple[CallItem, bool],
         sink: FutureSink,
+        cpus: int,
     ) -> Call:
-        """Queue the call in its lane, opening the lane if needed. The caller holds the
-        pool's lock, and has checked that the pool runs.
+        """Queue the call in its lane, opening the lane if needed (its tasks spread over
+        ``cpus``, the pool's size). The caller holds the pool's lock, and has checked that
+        the pool runs.
 
         Raises:
             RuntimeError: the interpreter's exit closed the pool's lanes meanwhile.
@@ -186,7 +192,7 @@ class Lanes:
         )
         item, proxies = prepared
         for _ in range(2):
-            lane = self._lane(key, dispatcher, spec, options)
+            lane = self._lane(key, dispatcher, spec, options, cpus)
             if lane.add(item, sink, proxies):
                 break
             if _lifecycle.exiting():  # released by the exit hook
@@ -197,7 +203,12 @@ class Lanes:
         return lane.call
 
     def _lane(
-        self, key: tuple[Any, ...], dispatcher: Dispatcher, spec: RunSpec, options: MapOptions
+        self,
+        key: tuple[Any, ...],
+        dispatcher: Dispatcher,
+        spec: RunSpec,
+        options: MapOptions,
+        cpus: int,
     ) -> Lane:
         """The running lane of ``key``, or a new one (whose run ``dispatcher`` starts)."""
         lanes = self._lanes
@@ -207,7 +218,7 @@ class Lanes:
                     return lane
                 del lanes[index]  # ended by an error of its own
                 break
-        lane = Lane(dispatcher, spec, options)
+        lane = Lane(dispatcher, spec, options, cpus)
         try:
             dispatcher.start(lane.call)
         except BaseException:  # closed by the interpreter's exit meanwhile

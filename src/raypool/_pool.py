@@ -243,7 +243,7 @@ class _PoolCore:
         with self.lock:
             self.check_running(executor)
             self.futures.add(future)
-            return self.lanes.add(dispatcher, spec, options, prepared, sink)
+            return self.lanes.add(dispatcher, spec, options, prepared, sink, self.size())
 
     def close(self) -> None:
         if self.inherited():  # only this copy closes (its lock may be held by the parent's)

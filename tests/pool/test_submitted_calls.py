@@ -24,6 +24,7 @@ from tests.helpers import (
     hold,
     in_task,
     in_task_when,
+    log_then_wait_for,
     square,
     touch,
     wait_for_path,
@@ -218,4 +219,15 @@ def test_terminate_settles_waiting_calls_so_that_wait_returns(held: Held) -> Non
     held.executor.terminate()
     done, not_done = wait(futures, timeout=TIMEOUT)
     assert not not_done
+    assert done == set(futures)
     assert all(future.cancelled() for future in futures)
+
+
+def test_calls_submitted_together_run_at_once_even_after_tiny_ones(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with raypool.ProcessPoolExecutor(2) as executor:
+        # Tiny calls measured: a lane would pack hundreds of them in one task.
+        [f.result(TIMEOUT) for f in [executor.submit(square, i) for i in range(300)]]
+        both = [executor.submit(log_then_wait_for, str(log), 2, x, 30.0) for x in range(2)]
+        # Each waits until both have started: only calls in two tasks at once can.
+        assert [future.result(TIMEOUT) for future in both] == [True, True]
