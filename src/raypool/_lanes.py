@@ -8,9 +8,10 @@ open ``Feed`` - packs the calls that wait into streaming Ray tasks::
     submit(fn, *args) ──> Functions.ship(fn): serialized once per pool
                      ──> Lane.add: a CallItem and its FutureSink wait in the lane
                               │  Future.cancel() succeeds until the next step
-    dispatcher thread ──> Lane.take: the run packs what waits into a task (the future
+    dispatcher thread ──> Lane.take: the run packs what waits into tasks (the future
                               │  turns RUNNING) - as many calls as the measured durations
-                              │  fit in one task, fewer when fewer wait than CPUs can take
+                              │  fit in one task, spread over as many tasks as the pool
+                              │  runs at once
                               v
     Ray worker: the calls in order; results sent back in pieces as they finish
                               │

@@ -582,7 +582,7 @@ def test_nested_pools_finish_on_a_single_cpu(tmp_path: Any) -> None:
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
 
     def inner(x: int) -> int:
         return sum(n * n for n in range(x + 2)) + 1 + 2 * x * x
