@@ -805,7 +805,8 @@ class RayPool(concurrent.futures.Executor):
         """``func(*args, **kwds)`` in a worker; returns an ``AsyncResult``.
 
         ``callback(result)`` or ``error_callback(exception)`` runs in this process when the
-        call completes. Per-call options: ``pool.options(...)``.
+        call completes. Calls are packed into shared Ray tasks, as ``submit``'s are.
+        Per-call options: ``pool.options(...)``.
         """
         self._check_running()
         return AsyncResult(

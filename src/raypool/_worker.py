@@ -509,10 +509,15 @@ def _run_task(spec: TaskSpec, items: list[Any]) -> BatchResult:
         )
     finally:
         _watcher.end()
-    if result.errors:
-        portable = {position: _portable(error) for position, error in result.errors.items()}
-        result = result._replace(errors=portable)
-    return result
+    return _with_portable_errors(result)
+
+
+def _with_portable_errors(result: BatchResult) -> BatchResult:
+    """``result`` with each error one the driver can unpickle (``_portable``)."""
+    if not result.errors:
+        return result
+    portable = {position: _portable(error) for position, error in result.errors.items()}
+    return result._replace(errors=portable)
 
 
 #: What a task returns: its ``BatchResult`` pickled here, and the out-of-band buffers of
@@ -638,10 +643,7 @@ def _execute_calls(spec: CallsSpec, items: list[CallItem]) -> Iterator[Piece]:
                 return
         for start, result in _run_calls(items, namespace, timeout):
             piece = items[start : start + len(result.values)]
-            if result.errors:
-                portable = {position: _portable(e) for position, e in result.errors.items()}
-                result = result._replace(errors=portable)
-            yield len(piece), _seal(result, piece, checked)
+            yield len(piece), _seal(_with_portable_errors(result), piece, checked)
     finally:
         _watcher.end()
 
