@@ -335,8 +335,14 @@ class Dispatcher:
                 if not call.run.owns(handle):
                     self._handles.pop(handle, None)
                     return  # cancelled meanwhile
-                self._in_flight -= 1  # before: complete() may raise, and end the call
-                if call.run.complete(handle):  # a piece of a streaming task: more to come
+                self._in_flight -= 1
+                try:
+                    more = call.run.complete(handle)
+                except BaseException:
+                    if call.run.owns(handle):  # still the run's: ending the call counts it
+                        self._in_flight += 1
+                    raise
+                if more:  # a piece of a streaming task: more to come
                     self._in_flight += 1
                     self._watch(call, handle)
                 else:
