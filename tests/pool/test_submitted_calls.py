@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import (
+
+import raypool
+from helpers import (
     Scaler,
     count_lines,
     counted_closure,
@@ -29,8 +31,6 @@ from tests.helpers import (
     touch,
     wait_for_path,
 )
-
-import raypool
 from raypool import WorkerCrashedError
 
 TIMEOUT = 60
