@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import operator
 import os
 import pickle
@@ -501,3 +502,25 @@ class Scaler:
 
     def scale(self, x: Any) -> Any:
         return x * self.factor
+
+
+def hang_noting_stop(started: str, stopped: str, timeout: float = 600.0) -> None:
+    """Creates ``started``, then sleeps in short steps until stopped by an exception, when
+    it creates ``stopped`` (its ``finally`` ran)."""
+    Path(started).touch()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        Path(stopped).touch()
+
+
+def stubborn(started: str, timeout: float = 600.0) -> None:
+    """Writes its process id to ``started``, then swallows every exception raised into it
+    (a cooperative stop included) until ``timeout``: only ending the process stops it."""
+    Path(started).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(BaseException):
+            time.sleep(0.01)

@@ -195,7 +195,7 @@ class RayBackend:
         future = self._futures[handle] = handle.future()
         future.add_done_callback(lambda _: callback(handle))
 
-    def cancel(self, handles: Sequence[Any]) -> None:
+    def cancel(self, handles: Sequence[Any], *, kill: bool = False) -> None:
         for ref in handles:
             future = self._futures.pop(ref, None)
             if isinstance(future, asyncio.Future):
@@ -204,7 +204,7 @@ class RayBackend:
             return  # Ray is gone, and its tasks with it
         done = set(self.finished(handles))
         running = [ref for ref in handles if ref not in done]
-        if running and raise_flag(self._cancel_key):
+        if running and raise_flag(self._cancel_key, kill=kill):
             forget_when_done(self._cancel_key, running)
 
     def close(self) -> None:
@@ -390,14 +390,14 @@ class CallBackend:
         ended = {id(by_ref[ref]) for ref in done}
         return [h for h in handles if isinstance(h, _Refused) or id(h) in ended]
 
-    def cancel(self, handles: Sequence[Any]) -> None:
+    def cancel(self, handles: Sequence[Any], *, kill: bool = False) -> None:
         for handle in handles:
             self._futures.pop(handle, None)
         if not ray.is_initialized():
             return
         ended = {id(handle) for handle in self.finished(handles)}
         running = [handle.completed() for handle in handles if id(handle) not in ended]
-        if running and raise_flag(self._cancel_key):
+        if running and raise_flag(self._cancel_key, kill=kill):
             forget_when_done(self._cancel_key, running)
 
     def close(self) -> None:
@@ -486,7 +486,7 @@ class InlineBackend:
         self.wait([handle])
         callback(handle)
 
-    def cancel(self, handles: Sequence[Any]) -> None:
+    def cancel(self, handles: Sequence[Any], *, kill: bool = False) -> None:
         pass
 
     def close(self) -> None:

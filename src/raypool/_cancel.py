@@ -23,6 +23,8 @@ worker's poll (one small GCS read per busy worker per ``POLL_SECONDS``).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -53,6 +55,9 @@ FIRST_POLL_SECONDS = 0.5
 #: deleting its key (a task stuck where no interrupt reaches, e.g. in C code).
 FORGET_AFTER = 600.0
 NAMESPACE = "raypool"
+# The values of a raised flag.
+_STOP = b"1"
+_KILL = b"kill"
 
 
 def new_key() -> str:
@@ -65,20 +70,24 @@ def new_key() -> str:
 # libraries (Serve, Tune, Train) use for it.
 
 
-def raise_flag(key: str) -> bool:
-    """Tell the workers running ``key``'s tasks to stop. Returns whether it was delivered."""
+def raise_flag(key: str, *, kill: bool = False) -> bool:
+    """Tell the workers running ``key``'s tasks to stop - with ``kill``, to end their
+    processes at once. Returns whether it was delivered."""
     try:
-        internal_kv._internal_kv_put(key, b"1", namespace=NAMESPACE)  # noqa: SLF001
+        value = _KILL if kill else _STOP
+        internal_kv._internal_kv_put(key, value, namespace=NAMESPACE)  # noqa: SLF001
     except Exception:  # Ray is shutting down: its tasks go with it
         return False
     return True
 
 
-def _is_raised(key: str) -> bool:
+def _flag(key: str) -> bytes | None:
+    """The flag of ``key``: ``None`` (not raised), ``_STOP`` or ``_KILL``."""
     try:
-        return internal_kv._internal_kv_get(key, namespace=NAMESPACE) is not None  # noqa: SLF001
+        value: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)  # noqa: SLF001
     except Exception:
-        return False
+        return None
+    return value
 
 
 def _delete(key: str) -> None:
@@ -218,8 +227,10 @@ class CancelWatcher:
                 if pause > 0:
                     self._wake.wait(pause)
                     continue  # the batch may have ended or changed meanwhile
-            raised = _is_raised(key)
+            raised = _flag(key)
             polled_key, polled_at = key, time.monotonic()
+            if raised == _KILL:  # kill_workers(): end at once, as SIGKILL would
+                os.kill(os.getpid(), signal.SIGKILL)
             if raised:
                 with self._wake:
                     self._raised_key = key

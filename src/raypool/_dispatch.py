@@ -195,9 +195,10 @@ class Dispatcher:
         """End ``call`` now, its tasks in flight cancelled; its sink ends with ``error``."""
         self._events.put((_CANCEL, call, error))
 
-    def cancel_all(self, error: BaseException) -> None:
-        """End every call, as ``cancel`` does."""
-        self._events.put((_CANCEL_ALL, error))
+    def cancel_all(self, error: BaseException, *, kill: bool = False) -> None:
+        """End every call, as ``cancel`` does; with ``kill``, the processes running their
+        tasks end at once."""
+        self._events.put((_CANCEL_ALL, error, kill))
 
     def cancel_streams(self, error: BaseException) -> None:
         """End every call whose sink is a stream, as ``cancel`` does."""
@@ -310,7 +311,7 @@ class Dispatcher:
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind is _CANCEL_ALL:
-            self._end_all(event[1])
+            self._end_all(event[1], kill=event[2])
             return
         if kind is _CANCEL_STREAMS:
             for stream in [call for call in self._calls if call.sink.stream]:
@@ -433,6 +434,7 @@ class Dispatcher:
         error: BaseException | None,
         *,
         ended_by_sink: bool = False,
+        kill: bool = False,
     ) -> None:
         if call.state is CallState.ENDED:
             return
@@ -440,7 +442,7 @@ class Dispatcher:
         self._calls.pop(call, None)
         self._in_flight -= call.run.tasks_in_flight
         try:
-            call.run.close()
+            call.run.close(kill=kill)
         except BaseException as exc:  # e.g. the checkpoint could not be written
             error = error or exc
         if not ended_by_sink:
@@ -455,11 +457,11 @@ class Dispatcher:
                 if self._closing:
                     self._stop_locked()
 
-    def _end_all(self, error: BaseException | None) -> None:
+    def _end_all(self, error: BaseException | None, *, kill: bool = False) -> None:
         self._waiting.clear()
         self._handles.clear()
         for call in list(self._calls):
-            self._end(call, error)
+            self._end(call, error, kill=kill)
 
 
 #: Dispatchers with a thread (it keeps its dispatcher alive while it runs, also when the

@@ -36,6 +36,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future
+from concurrent.futures.process import BrokenProcessPool
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -274,6 +275,17 @@ class _PoolCore:
             dispatcher = self.dispatcher
         if dispatcher is not None:
             dispatcher.cancel_streams(CancelledError("the pool was shut down"))
+
+    def stop_workers(self, error: BaseException, *, kill: bool) -> None:
+        """Shut down now: cancel the futures not started, stop the calls running (their
+        outcome is ``error``) - with ``kill``, the processes running them end at once."""
+        self.close()
+        for future in list(self.futures):
+            future.cancel()  # refused by the running ones: ``error`` ends them
+        with self.lock:
+            dispatcher = self.dispatcher
+        if dispatcher is not None and not self.inherited():
+            dispatcher.cancel_all(error, kill=kill)
 
     def terminate(self) -> None:
         if self.inherited():
@@ -532,12 +544,16 @@ class RayPool(concurrent.futures.Executor):
         keep_order: bool = True,
         executor: bool = False,
         future: Future[Any] | None = None,
+        window: int | None = None,
     ) -> Call:
-        """Open the call and hand it to the dispatcher, if the pool still runs then."""
+        """Open the call and hand it to the dispatcher, if the pool still runs then.
+        ``window``: the most batches in flight or finished and not yet taken (default: the
+        pool's ``max_pending``)."""
         spec = self._spec_for(defaults)
         chunksize = defaults.chunksize
         options = dataclasses.replace(
             spec.options,
+            max_pending=spec.options.max_pending if window is None else window,
             batch_size=chunksize,
             adaptive_tail_batching=chunksize is None,  # a chunksize is exact
             unpack=unpack,
@@ -664,13 +680,16 @@ class RayPool(concurrent.futures.Executor):
         overrides: dict[str, Any],
         unpack: Unpack = "none",
         executor: bool = False,
+        buffersize: int | None = None,
     ) -> IMapIterator:
         chunksize = _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
         if defaults.chunksize is None and self._spec.worker.max_tasks_per_worker is not None:
             defaults = defaults.merged(chunksize=1)  # the stdlib's: a worker recycles as often
         outputs = self._outputs(defaults, iterable, method)
-        sink = StreamSink(outputs, stream=not executor)
+        # With a buffersize, a batch reaches the iterator only when a reader asks: the
+        # window then bounds everything read ahead of the consumer.
+        sink = StreamSink(outputs, stream=not executor, on_demand=buffersize is not None)
         try:
             call = self._start(
                 method,
@@ -681,6 +700,7 @@ class RayPool(concurrent.futures.Executor):
                 sink,
                 keep_order=keep_order,
                 executor=executor,
+                window=buffersize,
             )
         except BaseException:
             outputs.close()
@@ -1062,12 +1082,38 @@ class ProcessPoolExecutor(RayPool):
         except Exception:
             pass
 
+    def terminate_workers(self) -> None:
+        """Python 3.14's, on every Python here: shut down now. The futures not started are
+        cancelled; the calls running are stopped - an exception raised inside each, at
+        its worker's next tick (``TICK_SECONDS``) once the worker sees the flag (within
+        about a second) - and their futures raise ``BrokenProcessPool``. The executor
+        takes no new work (``RuntimeError``); ``imap``/``map`` iterators end with the
+        same error. Ray's worker processes, shared by the whole Ray job, survive for
+        other work: a call that catches the exception, or sits in C code that never
+        returns to Python, runs on - ``kill_workers()`` ends it."""
+        self._core.stop_workers(
+            BrokenProcessPool("the call was stopped by the executor's terminate_workers()"),
+            kill=False,
+        )
+
+    def kill_workers(self) -> None:
+        """Python 3.14's, on every Python here: ``terminate_workers()``, but each worker
+        process running one of the executor's calls ends at once (``SIGKILL``, sent by
+        the worker's own watcher thread when it sees the flag, within about a second):
+        no ``finally`` block or exit handler of the call runs. Ray starts new workers for
+        later work; other pools' tasks never share a process with a running call."""
+        self._core.stop_workers(
+            BrokenProcessPool("the call was stopped by the executor's kill_workers()"),
+            kill=True,
+        )
+
     def map(  # type: ignore[override]
         self,
         fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
         safe_exceptions: bool | None = None,
         ret_args: bool | None = None,
         checkpoint: Checkpoint = None,
@@ -1086,12 +1132,27 @@ class ProcessPoolExecutor(RayPool):
         per-item timeout use ``options(timeout=...)``. ``chunksize=None`` (default; the
         stdlib's is 1) sizes tasks automatically. Extensions as ``RayPool.map``.
 
+        ``buffersize`` (Python 3.14's, on every Python here): at most this many chunks (Ray
+        tasks) run or wait finished ahead of the consumer, and no more input is read until
+        the consumer takes a result - for infinite or huge inputs. Once the executor is
+        shut down no more input is read: what was read still arrives, then the iterator
+        ends if the input had nothing left, or raises ``RuntimeError`` (``PoolClosedError``)
+        if it had, as the stdlib's.
+
         Raises:
             PoolClosedError: (a ``RuntimeError``) the executor was shut down.
+            TypeError: ``buffersize`` is not an integer.
+            ValueError: ``buffersize`` is below 1.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         self._check_running(executor=True)
         iterable, unpack = _zip(iterables, "map")
+        if buffersize is not None:
+            iterable = _while_running(self._core, iter(iterable), buffersize)
         overrides = _overrides(
             None,
             safe_exceptions,
@@ -1102,8 +1163,36 @@ class ProcessPoolExecutor(RayPool):
             max_retries,
             retry_exceptions,
         )
-        results = self._imap("map", fn, iterable, chunksize, True, overrides, unpack, executor=True)
+        results = self._imap(
+            "map",
+            fn,
+            iterable,
+            chunksize,
+            True,
+            overrides,
+            unpack,
+            executor=True,
+            buffersize=buffersize,
+        )
         return _until(results, deadline)
+
+
+class _Unread(Exception):
+    """The executor was shut down while a ``buffersize`` map's input was being read: the
+    rest of ``iterator`` is left unread (the run ends with this as its input's error)."""
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        super().__init__("the executor was shut down")
+        self.iterator = iterator
+
+
+def _while_running(core: _PoolCore, iterator: Iterator[Any], first: int) -> Iterator[Any]:
+    """``iterator``'s items while the pool runs - the ``first`` ones in any case (the
+    stdlib submits them in the call) - then not one more."""
+    for read, item in enumerate(iterator, 1):
+        yield item
+        if read >= first and core.state is not PoolState.RUN:
+            raise _Unread(iterator)
 
 
 def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:
@@ -1120,8 +1209,17 @@ def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:
                 raise concurrent.futures.TimeoutError from None
             except ResultPicklingError as exc:
                 raise executor_error(exc) from None
+            except _Unread as cut:
+                # As the stdlib's, which submits the next item before each result: input
+                # left after a shutdown is an error, found by reading one more item.
+                if next(cut.iterator, _NO_ITEM) is _NO_ITEM:
+                    return
+                raise PoolClosedError("cannot schedule new futures after shutdown") from None
     finally:
         results.close()
+
+
+_NO_ITEM = object()
 
 
 def _overrides(

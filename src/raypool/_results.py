@@ -250,10 +250,14 @@ class StreamSink:
     """The buffer between a call and its ``IMapIterator``: back-pressure on the call,
     blocking (or awaiting) reads for the iterator."""
 
-    def __init__(self, outputs: Outputs, stream: bool = True) -> None:
+    def __init__(self, outputs: Outputs, stream: bool = True, on_demand: bool = False) -> None:
         #: ``False`` for ``Executor.map``: leaving the ``with`` block (or the interpreter)
         #: waits for it, as the stdlib's submitted futures complete.
         self.stream = stream
+        #: Takes a batch only while a reader waits for one (``Executor.map(buffersize=)``):
+        #: finished batches stay in the call's window, which then bounds all read ahead.
+        self.on_demand = on_demand
+        self.wanted = False  # a reader waits (on-demand only; under ``cond``)
         self.outputs = outputs
         self.cond = threading.Condition()
         self.batches: deque[Batch] = deque()
@@ -266,7 +270,11 @@ class StreamSink:
         return True
 
     def room(self) -> bool:
-        return len(self.batches) < STREAM_BATCHES or not self._bounded
+        if not self._bounded:
+            return True
+        if self.on_demand:
+            return self.wanted and not self.batches
+        return len(self.batches) < STREAM_BATCHES
 
     def release(self) -> None:
         # As the stdlib's imap, which buffers everything: nothing may stall join().
@@ -568,6 +576,9 @@ class IMapIterator(Iterator[Any]):
                     dispatcher.wait_until(lambda: bool(sink.batches) or sink.done, left)
                     left = 0.0
                 with sink.cond:
+                    if sink.on_demand and not (sink.batches or sink.done or sink.wanted):
+                        sink.wanted = True
+                        dispatcher.wake(self._call)
                     if not sink.cond.wait_for(lambda: sink.batches or sink.done, left):
                         raise multiprocessing.TimeoutError
                     self._take()
@@ -579,6 +590,7 @@ class IMapIterator(Iterator[Any]):
         sink = self._sink
         if sink.batches:
             self._reading = _Reading(sink.batches.popleft(), sink.outputs.ret_args)
+            sink.wanted = False
             self._call.dispatcher.wake(self._call)
             return
         self._finished = True

@@ -138,8 +138,9 @@ class Backend(Protocol):
         """Call ``callback(handle)`` once ``handle`` is done (streaming: once its next
         piece is there), from any thread."""
 
-    def cancel(self, handles: Sequence[Any]) -> None:
-        """Stop the batches of ``handles``; their results are no longer wanted."""
+    def cancel(self, handles: Sequence[Any], *, kill: bool = False) -> None:
+        """Stop the batches of ``handles``; their results are no longer wanted. With
+        ``kill``, the processes running them end at once."""
 
     def close(self) -> None:
         """Release what this backend holds (idempotent)."""
@@ -813,8 +814,9 @@ class MapRun:
 
     # -- ending ----------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Cancel what is still in flight and make the checkpoint durable (idempotent)."""
+    def close(self, *, kill: bool = False) -> None:
+        """Cancel what is still in flight (``kill``: ending the processes that run it)
+        and make the checkpoint durable (idempotent)."""
         if self._state is RunState.CLOSED or os.getpid() != self._pid:
             return  # closed, or a forked child's copy: the tasks and store are the parent's
         if sys.is_finalizing():
@@ -827,7 +829,7 @@ class MapRun:
                 for handle in self._backend.finished(list(self._in_flight)):
                     self.complete(handle)
             if self._in_flight:
-                self._backend.cancel(list(self._in_flight))
+                self._backend.cancel(list(self._in_flight), kill=kill)
                 self._in_flight.clear()
             self._ordered.clear()  # nobody takes them now: release the results
             self._ready.clear()

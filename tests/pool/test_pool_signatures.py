@@ -67,12 +67,29 @@ def test_executor_methods_keep_the_stdlib_signature() -> None:
         (p.name, p.kind, p.default) for p in _params(Executor.shutdown)
     ]
     executor_map = _params(raypool.ProcessPoolExecutor.map)
-    std_map = _params(Executor.map)[:3]  # fn, *iterables, timeout (3.14 adds buffersize)
+    std_map = _params(Executor.map)[:3]  # fn, *iterables, timeout
     assert [(p.name, p.kind, p.default) for p in executor_map[:3]] == [
         (p.name, p.kind, p.default) for p in std_map
     ]
     assert executor_map[3].name == "chunksize"
     assert executor_map[3].kind is inspect.Parameter.KEYWORD_ONLY
+    # Python 3.14's buffersize, offered on every Python; its default as the stdlib's.
+    assert (executor_map[4].name, executor_map[4].kind, executor_map[4].default) == (
+        "buffersize",
+        inspect.Parameter.KEYWORD_ONLY,
+        None,
+    )
+    if "buffersize" in inspect.signature(StdExecutor.map).parameters:
+        std = [(p.name, p.kind) for p in _params(StdExecutor.map)]
+        assert [(p.name, p.kind) for p in executor_map[: len(std)]] == std
+
+
+@pytest.mark.parametrize("name", ["terminate_workers", "kill_workers"])
+def test_executor_stop_methods_keep_the_stdlib_signature(name: str) -> None:
+    """Python 3.14's ``ProcessPoolExecutor`` methods, offered on every Python."""
+    assert _params(getattr(raypool.ProcessPoolExecutor, name)) == []
+    if hasattr(StdExecutor, name):
+        assert _params(getattr(StdExecutor, name)) == []
     pool_map = {p.name: p for p in _params(raypool.RayPool.map)}
     assert pool_map["timeout"].default is None
     assert pool_map["chunksize"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -244,7 +244,7 @@ class FakeBackend:
             task.callback = callback
             self._cond.notify_all()
 
-    def cancel(self, handles: Sequence[Any]) -> None:
+    def cancel(self, handles: Sequence[Any], *, kill: bool = False) -> None:
         with self._cond:
             self.cancelled.append(list(handles))
             for task in handles:
