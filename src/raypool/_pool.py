@@ -1084,9 +1084,9 @@ class ProcessPoolExecutor(RayPool):
 
     def terminate_workers(self) -> None:
         """Python 3.14's, on every Python here: shut down now. The futures not started are
-        cancelled; the calls running are stopped - an exception raised inside each, at
-        its worker's next tick (``TICK_SECONDS``) once the worker sees the flag (within
-        about a second) - and their futures raise ``BrokenProcessPool``. The executor
+        cancelled; the calls running are stopped - an exception raised inside each once
+        its worker sees the stop (within about a second) - and their futures raise
+        ``BrokenProcessPool``. The executor
         takes no new work (``RuntimeError``); ``imap``/``map`` iterators end with the
         same error. Ray's worker processes, shared by the whole Ray job, survive for
         other work: a call that catches the exception, or sits in C code that never
