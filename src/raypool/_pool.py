@@ -614,18 +614,19 @@ class RayPool(concurrent.futures.Executor):
 
     def _lane_options(self) -> tuple[RunSpec, MapOptions]:
         """The spec and options of this view's submitted calls (made once per view; Ray
-        connected). A pool that recycles workers runs each call as a task of its own, as
-        ``maxtasksperchild`` counts them."""
+        connected). ``options(chunksize=n)`` packs at most ``n`` calls in a task; a pool
+        that recycles workers runs each call as a task of its own, as ``maxtasksperchild``
+        counts them."""
         lane = self._lane
         if lane is None:
             defaults = self._defaults
             spec = self._spec_for(defaults)
             connect(spec)
             spec = self._core.sized(spec)
-            one = 1 if spec.worker.max_tasks_per_worker is not None else None
+            most = 1 if spec.worker.max_tasks_per_worker is not None else defaults.chunksize
             options = dataclasses.replace(
                 spec.options,
-                batch_size=one,
+                batch_size=most,
                 unpack="call",
                 timeout=defaults.timeout,
                 safe_exceptions=True,  # the sink shapes the outputs
@@ -1150,7 +1151,8 @@ class ProcessPoolExecutor(RayPool):
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
         self._check_running(executor=True)
-        iterable, unpack = _zip(iterables, "map")
+        # No iterable: nothing to map, as the stdlib's (``Pool.map`` needs one).
+        iterable, unpack = _zip(iterables, "map") if iterables else ((), "none")
         if buffersize is not None:
             iterable = _while_running(self._core, iter(iterable), buffersize)
         overrides = _overrides(
@@ -1193,6 +1195,12 @@ def _while_running(core: _PoolCore, iterator: Iterator[Any], first: int) -> Iter
         yield item
         if read >= first and core.state is not PoolState.RUN:
             raise _Unread(iterator)
+
+
+def pool_size(pool: RayPool) -> int:
+    """How many of ``pool``'s tasks run at once: its ``processes``, or the Ray cluster's
+    CPUs (asking connects to Ray)."""
+    return pool._processes  # noqa: SLF001 - the class of this module
 
 
 def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:

@@ -48,6 +48,7 @@ __all__ = [
     "ensure_ray",
     "in_task",
     "lend_cpu",
+    "task_cpus",
     "next_piece",
     "ray_up",
     "take_piece",
@@ -193,6 +194,12 @@ def in_task() -> bool:
     """Whether this process is a Ray worker (a pool opened inside a function a pool runs).
     Asked without ``get_task_id()``, which logs a warning in a driver."""
     return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def task_cpus() -> float:
+    """The CPUs Ray gave the task running in this worker (0 for an actor or a driver)."""
+    resources = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
+    return float(resources.get("CPU", 0.0))
 
 
 def lend_cpu(handles: list[Any], timeout: float) -> None:

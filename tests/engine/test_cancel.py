@@ -33,15 +33,15 @@ def polls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """
     counts: Counter[str] = Counter()
     lock = threading.Lock()
-    read = _cancel._is_raised
+    read = _cancel._flag
 
-    def counted(key: str) -> bool:
+    def counted(key: str) -> bytes | None:
         raised = read(key)
         with lock:
             counts[key] += 1
         return raised
 
-    monkeypatch.setattr(_cancel, "_is_raised", counted)
+    monkeypatch.setattr(_cancel, "_flag", counted)
     return counts
 
 

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import itertools
+import operator
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -108,13 +110,26 @@ def test_map_buffersize_ends_cleanly_when_the_input_ended_before_the_shutdown(
     assert list(results) == ["0", "1"]
 
 
-def test_map_buffersize_on_several_and_on_empty_iterables(executor: Any) -> None:
+@pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
+def test_map_buffersize_yields_every_result_in_order(executor: Any, buffersize: int) -> None:
+    assert list(executor.map(str, range(4), buffersize=buffersize)) == ["0", "1", "2", "3"]
+    assert list(executor.map(operator.add, range(4), range(4), buffersize=buffersize)) == [
+        0,
+        2,
+        4,
+        6,
+    ]
+
+
+def test_map_buffersize_on_several_infinite_empty_or_no_iterables(executor: Any) -> None:
+    results = executor.map(operator.add, itertools.count(), itertools.count(), buffersize=2)
+    assert [next(results) for _ in range(3)] == [0, 2, 4]
     assert list(executor.map(pow, itertools.count(), range(5), buffersize=2)) == [
         pow(i, i) for i in range(5)
     ]
-    assert list(executor.map(str, [], buffersize=2)) == []
-    with pytest.raises(TypeError):
-        executor.map(str, buffersize=2)
+    assert next(executor.map(str, [], buffersize=2), None) is None
+    assert next(executor.map(str, buffersize=2), None) is None  # as the stdlib: nothing
+    assert next(executor.map(str), None) is None
 
 
 def test_map_buffersize_with_a_chunksize_and_a_timeout(executor: Any) -> None:
@@ -144,6 +159,19 @@ def test_stopping_the_workers_stops_the_running_call_and_cancels_the_rest(
         assert wait_for_path(stopped), "the running call was not stopped"
     assert _shutdown_within(executor)
     getattr(executor, method)()  # again, once shut down: nothing left to do
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_stopping_the_workers_of_a_fresh_or_broken_executor_is_harmless(method: str) -> None:
+    fresh = raypool.ProcessPoolExecutor(1)
+    getattr(fresh, method)()
+    with pytest.raises(RuntimeError):
+        fresh.submit(square, 1)
+    broken = raypool.ProcessPoolExecutor(1)
+    with pytest.raises(BrokenProcessPool):
+        broken.submit(os._exit, 1).result(timeout=120)
+    getattr(broken, method)()
+    assert _shutdown_within(broken)
 
 
 def test_kill_workers_ends_a_call_that_swallows_the_stop(tmp_path: Path) -> None:
