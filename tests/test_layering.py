@@ -70,7 +70,7 @@ ALLOWED = {
         "_worker",
     },
     "_cli": {"_config", "_errors", "_store"},
-    "joblib": {"_pool", "_runtime"},
+    "joblib": {"_pool", "_runtime", "_serialization"},
     "__main__": {"_cli"},
 }
 RAY_FREE = {

@@ -27,7 +27,7 @@ Nested ``Parallel`` calls inside a task use joblib's default for process backend
 from __future__ import annotations
 
 import concurrent.futures
-import functools
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +42,19 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError("raypool.joblib needs joblib: pip install 'raypool[joblib]'") from exc
 
+from ray import cloudpickle
+
 from ._pool import RayPool, pool_size
 from ._runtime import in_task, task_cpus
+from ._serialization import check_items, shipping
 
 __all__ = ["NAME", "RayPoolBackend", "register"]
 
 #: The backend's name for ``parallel_config(backend=...)`` and ``Parallel(backend=...)``.
 NAME = "raypool"
+
+#: How many times larger a batch may grow from one measurement to the next.
+BATCH_GROWTH = 8
 
 #: What ``Parallel`` passes to every backend's ``configure`` that a ``RayPool`` does not
 #: take (joblib's memmapping settings and ``multiprocessing`` context).
@@ -60,10 +66,30 @@ def register() -> None:
     joblib.register_parallel_backend(NAME, RayPoolBackend)
 
 
-def _run_batch(batch: Callable[[], list[Any]]) -> list[Any]:
-    """In a worker: one joblib batch - its calls, in order. Loading this function imports
-    this module there, so ``"raypool"`` is a registered backend in the workers too."""
-    return batch()
+def _run_batch(batch: bytes) -> list[Any]:
+    """In a worker: one joblib batch - its calls, in order.
+
+    The function reaches the worker as raypool ships callables (dill): loading it imports
+    this module there, so ``"raypool"`` is a registered backend in the workers too, and
+    puts the driver's own directories on the worker's ``sys.path``. Only then is the batch
+    unpickled (cloudpickle, Ray's copy, as joblib's loky backend pickles it: fast for many
+    small calls): the functions of the user's own modules are importable by then.
+    """
+    calls: Callable[[], list[Any]] = cloudpickle.loads(batch)
+    return calls()
+
+
+def _dumps(batch: Callable[[], list[Any]]) -> bytes:
+    """The batch's bytes. As raypool's maps look at their first item: when the first call's
+    arguments hold ``Manager()`` proxies, every call's are checked and the proxies pickled
+    with their manager's authkey; a ``multiprocessing`` queue or lock is refused by name
+    (else by ``multiprocessing`` itself, which refuses to pickle one)."""
+    calls = getattr(batch, "items", [])  # a BatchedCalls: [(function, args, kwargs)...]
+    where = "an argument of a joblib call"
+    proxies = check_items(calls[:1], where) and check_items(calls, where)
+    with shipping() if proxies else contextlib.nullcontext():
+        blob: bytes = cloudpickle.dumps(batch, protocol=5)  # type: ignore[no-untyped-call]
+    return blob
 
 
 class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -85,6 +111,9 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
     #: Tasks run in other processes: ``require="sharedmem"`` falls back to threads.
     supports_sharedmem = False
     supports_inner_max_num_threads = False
+    # ``AutoBatchingMixin``'s state, which ``compute_batch_size`` reads.
+    _effective_batch_size: int
+    _smoothed_batch_duration: float
 
     def __init__(
         self,
@@ -156,6 +185,22 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         # in a task behind a slow one (``generator_unordered`` yields the fastest first).
         self._submit = pool.options(chunksize=1).submit
 
+    def compute_batch_size(self) -> int:
+        """joblib's automatic batch size, but growing up to ``BATCH_GROWTH`` times (joblib:
+        2) per measured batch while batches are too short: each measurement waits for a
+        Ray task's round trip, longer than a local process pool's."""
+        old = self._effective_batch_size
+        duration = self._smoothed_batch_duration
+        if not 0 < duration < self.MIN_IDEAL_BATCH_DURATION:
+            size: int = super().compute_batch_size()  # too slow, or right: joblib's rule
+            return size
+        ideal = 2 * int(old * self.MIN_IDEAL_BATCH_DURATION / duration)
+        size = max(1, min(BATCH_GROWTH * old, ideal))
+        if size != old:  # measured again at the new size
+            self._effective_batch_size = size
+            self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+        return size
+
     def submit(
         self, func: Callable[[], list[Any]], callback: Callable[[Any], None] | None = None
     ) -> concurrent.futures.Future[Any]:
@@ -167,9 +212,7 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         try:
             if self._submit is None:
                 raise RuntimeError("the raypool backend is not configured (or terminated)")
-            # The batch travels as the function (dill), as a pool's callables do: functions
-            # of the user's own modules reach the workers, with Manager() proxies.
-            future = self._submit(functools.partial(_run_batch, func))
+            future = self._submit(_run_batch, _dumps(func))
         except BaseException as exc:
             future = concurrent.futures.Future()
             future.set_exception(exc)

@@ -1,0 +1,122 @@
+"""joblib's backends on one machine: loky (joblib's default), Ray's (``ray.util.joblib``)
+and raypool's (``raypool.joblib``), interleaved in one process on one local Ray instance.
+
+    pip install -e '.[bench,joblib]' scikit-learn
+    python benchmarks/bench_joblib.py --reps 3       # the run in benchmarks/README.md
+
+Workloads:
+    k  10,000 tiny ``delayed`` calls (``x*x``): calls/s
+    l  scikit-learn ``cross_val_score(RandomForestClassifier(n_estimators=100), digits,
+       cv=5, n_jobs=-1)``: wall (s)
+
+Each backend runs every workload once per repetition, in an order rotated from one
+repetition to the next, after one untimed warm-up call; ratios are to raypool's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import joblib
+import ray
+import workloads
+from joblib import Parallel, delayed, parallel_config
+from ray.util.joblib import register_ray
+from sklearn.datasets import load_digits
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import cross_val_score
+
+import raypool.joblib  # noqa: F401 - registers the backend "raypool"
+
+CPUS = 2
+N_TINY = 10_000
+BACKENDS = ["raypool", "ray", "loky"]
+NAMES = {"raypool": "raypool", "ray": "Ray's backend", "loky": "loky"}
+
+
+def bench_k(backend: str) -> float:
+    with parallel_config(backend=backend, n_jobs=-1):
+        started = time.perf_counter()
+        results = Parallel()(delayed(workloads.square)(i) for i in range(N_TINY))
+        wall = time.perf_counter() - started
+    assert results[-1] == (N_TINY - 1) ** 2
+    return N_TINY / wall
+
+
+_DIGITS = load_digits(return_X_y=True)
+
+
+def bench_l(backend: str) -> float:
+    X, y = _DIGITS
+    model = RandomForestClassifier(n_estimators=100, random_state=0)
+    with parallel_config(backend=backend, n_jobs=-1):
+        started = time.perf_counter()
+        scores = cross_val_score(model, X, y, cv=5, n_jobs=-1)
+        wall = time.perf_counter() - started
+    assert len(scores) == 5
+    return wall
+
+
+BENCHES: dict[str, tuple[str, str, Callable[[str], float], bool]] = {
+    "k": ("10,000 tiny delayed calls", "calls/s", bench_k, True),
+    "l": ("cross_val_score, random forest on digits", "wall s", bench_l, False),
+}
+
+
+def _settle() -> None:
+    gc.collect()
+    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0) < CPUS:
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", default="kl")
+    args = parser.parse_args()
+    ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
+    register_ray()
+    chosen = [key for key in BENCHES if key in args.only]
+    for key in chosen:  # warm-up: workers started, imports done, for every backend
+        for backend in BACKENDS:
+            BENCHES[key][2](backend)
+    results: dict[str, dict[str, list[float]]] = {}
+    for rep in range(args.reps):
+        for key in chosen:
+            shift = rep % len(BACKENDS)
+            for backend in BACKENDS[shift:] + BACKENDS[:shift]:
+                _settle()
+                value = BENCHES[key][2](backend)
+                results.setdefault(key, {}).setdefault(backend, []).append(value)
+                print(f"rep {rep + 1} {key} {backend:8} {value:.4g}", file=sys.stderr, flush=True)
+    print(report(results))
+    ray.shutdown()
+
+
+def report(results: dict[str, dict[str, list[float]]]) -> str:
+    lines = [
+        f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, Ray {ray.__version__}, "
+        f"joblib {joblib.__version__}. Medians of the repetitions; ratio = contender / raypool "
+        "(higher is better for calls/s, lower for wall).",
+    ]
+    for key, by_backend in results.items():
+        title, unit, _, _ = BENCHES[key]
+        base = statistics.median(by_backend["raypool"])
+        lines += ["", f"### ({key}) {title} - {unit}", "", f"| backend | {unit} | ratio |"]
+        lines.append("|---|---|---|")
+        for backend in BACKENDS:
+            value = statistics.median(by_backend[backend])
+            lines.append(f"| {NAMES[backend]} | {value:.4g} | {value / base:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
