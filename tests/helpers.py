@@ -524,3 +524,11 @@ def stubborn(started: str, timeout: float = 600.0) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(BaseException):
             time.sleep(0.01)
+
+
+def buffered_map_in_task(n: int) -> list[int]:
+    """``Executor.map(buffersize=2)`` from inside a pool's task (a nested pool)."""
+    import raypool
+
+    with raypool.ProcessPoolExecutor(1) as executor:
+        return list(executor.map(square, range(n), buffersize=2))

@@ -1087,11 +1087,11 @@ class ProcessPoolExecutor(RayPool):
         """Python 3.14's, on every Python here: shut down now. The futures not started are
         cancelled; the calls running are stopped - an exception raised inside each once
         its worker sees the stop (within about a second) - and their futures raise
-        ``BrokenProcessPool``. The executor
-        takes no new work (``RuntimeError``); ``imap``/``map`` iterators end with the
-        same error. Ray's worker processes, shared by the whole Ray job, survive for
-        other work: a call that catches the exception, or sits in C code that never
-        returns to Python, runs on - ``kill_workers()`` ends it."""
+        ``BrokenProcessPool``. The executor takes no new work (``RuntimeError``);
+        ``imap``/``map`` iterators end with the same error. Ray's worker processes, shared
+        by the whole Ray job, survive for other work: a call that catches the exception,
+        or sits in C code that never returns to Python, runs on - ``kill_workers()`` ends
+        it."""
         self._core.stop_workers(
             BrokenProcessPool("the call was stopped by the executor's terminate_workers()"),
             kill=False,

@@ -572,18 +572,26 @@ class IMapIterator(Iterator[Any]):
                     return self._shaped(reading, position)
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 dispatcher = self._call.dispatcher
+                if sink.on_demand:
+                    self._want()
                 if dispatcher.lends:  # inside a Ray task: wait in Ray, lending the CPU
                     dispatcher.wait_until(lambda: bool(sink.batches) or sink.done, left)
                     left = 0.0
                 with sink.cond:
-                    if sink.on_demand and not (sink.batches or sink.done or sink.wanted):
-                        sink.wanted = True
-                        dispatcher.wake(self._call)
                     if not sink.cond.wait_for(lambda: sink.batches or sink.done, left):
                         raise multiprocessing.TimeoutError
                     self._take()
         finally:
             self._lock.release()
+
+    def _want(self) -> None:
+        """Ask an on-demand sink for the next batch (a reader is about to wait)."""
+        sink = self._sink
+        with sink.cond:
+            if sink.batches or sink.done or sink.wanted:
+                return
+            sink.wanted = True
+        self._call.dispatcher.wake(self._call)
 
     def _take(self) -> None:
         # Called with the sink's lock held and something to read.

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import raypool
-from helpers import hang_noting_stop, hold, square, stubborn, wait_for_path
+from helpers import buffered_map_in_task, hang_noting_stop, hold, square, stubborn, wait_for_path
 from raypool._batching import MAX_AUTO_BATCH
 
 
@@ -108,6 +108,13 @@ def test_map_buffersize_ends_cleanly_when_the_input_ended_before_the_shutdown(
     results = executor.map(str, iter(range(2)), buffersize=2)
     assert _shutdown_within(executor)
     assert list(results) == ["0", "1"]
+
+
+def test_map_buffersize_inside_a_task_waits_in_ray() -> None:
+    # A nested pool's reader waits lending its task's CPU: it must ask for each batch first.
+    with raypool.Pool(1) as pool:
+        result = pool.apply_async(buffered_map_in_task, (20,))
+        assert result.get(timeout=120) == [i * i for i in range(20)]
 
 
 @pytest.mark.parametrize("buffersize", [1, 2, 4, 8])
