@@ -10,6 +10,9 @@ So raypool never calls it. Cancellation is cooperative instead:
   Ray's internal key-value store (one GCS write); ``forget_when_done`` deletes the key once
   the call's tasks have all ended (checked when calls start or are cancelled), and at exit
   in ``_lifecycle``'s last phase - after the exit's own cancellations.
+* **Kill** (``ProcessPoolExecutor.kill_workers()``): the flag also carries the time it was
+  raised; a worker whose batch of that key began before then ends its own process
+  (SIGKILL, from its watcher thread).
 * **Worker.** While it runs a batch, ``CancelWatcher`` polls that batch's key from a daemon
   thread, once the call's tasks have run there for ``FIRST_POLL_SECONDS`` and then every
   ``POLL_SECONDS``; once the flag is up it sets an event, which the worker's SIGALRM tick
@@ -55,9 +58,9 @@ FIRST_POLL_SECONDS = 0.5
 #: deleting its key (a task stuck where no interrupt reaches, e.g. in C code).
 FORGET_AFTER = 600.0
 NAMESPACE = "raypool"
-# The values of a raised flag.
+# The values of a raised flag: stop, or kill (followed by when, on the driver's clock).
 _STOP = b"1"
-_KILL = b"kill"
+_KILL = b"kill:"
 
 
 def new_key() -> str:
@@ -71,10 +74,11 @@ def new_key() -> str:
 
 
 def raise_flag(key: str, *, kill: bool = False) -> bool:
-    """Tell the workers running ``key``'s tasks to stop - with ``kill``, to end their
-    processes at once. Returns whether it was delivered."""
+    """Tell the workers running ``key``'s tasks to stop - with ``kill``, the processes that
+    were running one of them already to end at once (tasks that start later stop as
+    usual). Returns whether it was delivered."""
     try:
-        value = _KILL if kill else _STOP
+        value = _KILL + repr(time.time()).encode() if kill else _STOP
         internal_kv._internal_kv_put(key, value, namespace=NAMESPACE)  # noqa: SLF001
     except Exception:  # Ray is shutting down: its tasks go with it
         return False
@@ -82,7 +86,7 @@ def raise_flag(key: str, *, kill: bool = False) -> bool:
 
 
 def _flag(key: str) -> bytes | None:
-    """The flag of ``key``: ``None`` (not raised), ``_STOP`` or ``_KILL``."""
+    """The flag of ``key``: ``None`` (not raised), ``_STOP``, or ``_KILL`` and a time."""
     try:
         value: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)  # noqa: SLF001
     except Exception:
@@ -188,12 +192,14 @@ class CancelWatcher:
         self._key: str | None = None
         self._begun_key: str | None = None
         self._begun_at = 0.0
+        self._batch_began = 0.0  # time.time() at the current batch's begin()
         self._raised_key: str | None = None
         self._thread: threading.Thread | None = None
 
     def begin(self, key: str) -> None:
         with self._wake:
             self._key = key
+            self._batch_began = time.time()
             if key != self._begun_key:
                 self._begun_key, self._begun_at = key, time.monotonic()
             if key == self._raised_key:
@@ -212,6 +218,14 @@ class CancelWatcher:
             self._key = None
             self.cancelled.clear()
 
+    def _kill_if_running(self, key: str, raised_at: float) -> None:
+        """``kill_workers()``: end this process at once, as SIGKILL does, if it still runs
+        a batch of ``key`` that began before the kill was asked (one that began later
+        stops as any cancelled batch). Under the lock: the next batch cannot begin."""
+        with self._wake:
+            if self._key == key and self._batch_began <= raised_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
     def _run(self) -> None:
         polled_key, polled_at = None, 0.0
         while True:
@@ -229,8 +243,8 @@ class CancelWatcher:
                     continue  # the batch may have ended or changed meanwhile
             raised = _flag(key)
             polled_key, polled_at = key, time.monotonic()
-            if raised == _KILL:  # kill_workers(): end at once, as SIGKILL would
-                os.kill(os.getpid(), signal.SIGKILL)
+            if raised and raised.startswith(_KILL):
+                self._kill_if_running(key, float(raised[len(_KILL) :]))
             if raised:
                 with self._wake:
                     self._raised_key = key

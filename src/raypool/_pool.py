@@ -75,6 +75,7 @@ __all__ = [
     "PoolState",
     "ProcessPoolExecutor",
     "RayPool",
+    "pool_size",
 ]
 
 R = TypeVar("R")
@@ -279,13 +280,16 @@ class _PoolCore:
     def stop_workers(self, error: BaseException, *, kill: bool) -> None:
         """Shut down now: cancel the futures not started, stop the calls running (their
         outcome is ``error``) - with ``kill``, the processes running them end at once."""
-        self.close()
+        with self.lock:
+            if self.state is PoolState.RUN:
+                self.state = PoolState.CLOSE
+            dispatcher = self.dispatcher
         for future in list(self.futures):
             future.cancel()  # refused by the running ones: ``error`` ends them
-        with self.lock:
-            dispatcher = self.dispatcher
         if dispatcher is not None and not self.inherited():
+            # Before close(): its release lets calls start tasks for what they hold.
             dispatcher.cancel_all(error, kill=kill)
+        self.close()
 
     def terminate(self) -> None:
         if self.inherited():
@@ -682,6 +686,7 @@ class RayPool(concurrent.futures.Executor):
         unpack: Unpack = "none",
         executor: bool = False,
         buffersize: int | None = None,
+        released: threading.Event | None = None,
     ) -> IMapIterator:
         chunksize = _check_count("chunksize", chunksize)
         defaults = self._defaults.merged(chunksize=chunksize, **overrides)
@@ -690,7 +695,9 @@ class RayPool(concurrent.futures.Executor):
         outputs = self._outputs(defaults, iterable, method)
         # With a buffersize, a batch reaches the iterator only when a reader asks: the
         # window then bounds everything read ahead of the consumer.
-        sink = StreamSink(outputs, stream=not executor, on_demand=buffersize is not None)
+        sink = StreamSink(
+            outputs, stream=not executor, on_demand=buffersize is not None, released=released
+        )
         try:
             call = self._start(
                 method,
@@ -1090,8 +1097,8 @@ class ProcessPoolExecutor(RayPool):
         ``BrokenProcessPool``. The executor takes no new work (``RuntimeError``);
         ``imap``/``map`` iterators end with the same error. Ray's worker processes, shared
         by the whole Ray job, survive for other work: a call that catches the exception,
-        or sits in C code that never returns to Python, runs on - ``kill_workers()`` ends
-        it."""
+        or sits in C code that never returns to Python, runs on - for those, call
+        ``kill_workers()`` instead (after ``terminate_workers()`` no call is left to it)."""
         self._core.stop_workers(
             BrokenProcessPool("the call was stopped by the executor's terminate_workers()"),
             kill=False,
@@ -1101,8 +1108,9 @@ class ProcessPoolExecutor(RayPool):
         """Python 3.14's, on every Python here: ``terminate_workers()``, but each worker
         process running one of the executor's calls ends at once (``SIGKILL``, sent by
         the worker's own watcher thread when it sees the flag, within about a second):
-        no ``finally`` block or exit handler of the call runs. Ray starts new workers for
-        later work; other pools' tasks never share a process with a running call."""
+        no ``finally`` block or exit handler of the call runs. Tasks of the executor that
+        start after it stop as cancelled ones; Ray starts new workers for later work. A
+        call in C code that holds the GIL is out of reach (the watcher needs the GIL)."""
         self._core.stop_workers(
             BrokenProcessPool("the call was stopped by the executor's kill_workers()"),
             kill=True,
@@ -1134,11 +1142,13 @@ class ProcessPoolExecutor(RayPool):
         stdlib's is 1) sizes tasks automatically. Extensions as ``RayPool.map``.
 
         ``buffersize`` (Python 3.14's, on every Python here): at most this many chunks (Ray
-        tasks) run or wait finished ahead of the consumer, and no more input is read until
-        the consumer takes a result - for infinite or huge inputs. Once the executor is
-        shut down no more input is read: what was read still arrives, then the iterator
-        ends if the input had nothing left, or raises ``RuntimeError`` (``PoolClosedError``)
-        if it had, as the stdlib's.
+        tasks of ``chunksize`` items, automatic if ``None``) run or wait finished ahead of
+        the consumer, and no more input is read until the consumer takes a result - for
+        infinite or huge inputs. Once the executor is shut down (or the iterator dropped
+        unread) no more input is read: what was read still arrives, then the iterator ends
+        if the input had nothing left, or raises ``RuntimeError`` (``PoolClosedError``) if
+        it had - the stdlib's raises on the next ``next()``, before the results it holds.
+        The iterator keeps the executor alive.
 
         Raises:
             PoolClosedError: (a ``RuntimeError``) the executor was shut down.
@@ -1153,8 +1163,11 @@ class ProcessPoolExecutor(RayPool):
         self._check_running(executor=True)
         # No iterable: nothing to map, as the stdlib's (``Pool.map`` needs one).
         iterable, unpack = _zip(iterables, "map") if iterables else ((), "none")
+        released = None
         if buffersize is not None:
-            iterable = _while_running(self._core, iter(iterable), buffersize)
+            released = threading.Event()
+            first = buffersize * (chunksize or 1)  # what the stdlib submits in the call
+            iterable = _while_running(self._core, iter(iterable), first, released)
         overrides = _overrides(
             None,
             safe_exceptions,
@@ -1175,8 +1188,9 @@ class ProcessPoolExecutor(RayPool):
             unpack,
             executor=True,
             buffersize=buffersize,
+            released=released,
         )
-        return _until(results, deadline)
+        return _until(results, deadline, self)
 
 
 class _Unread(Exception):
@@ -1188,12 +1202,15 @@ class _Unread(Exception):
         self.iterator = iterator
 
 
-def _while_running(core: _PoolCore, iterator: Iterator[Any], first: int) -> Iterator[Any]:
-    """``iterator``'s items while the pool runs - the ``first`` ones in any case (the
-    stdlib submits them in the call) - then not one more."""
+def _while_running(
+    core: _PoolCore, iterator: Iterator[Any], first: int, released: threading.Event
+) -> Iterator[Any]:
+    """``iterator``'s items while the pool runs and the call's results are wanted (not
+    ``released``: the pool closed, the iterator dropped unread) - the ``first`` ones in
+    any case (the stdlib submits them in the call) - then not one more."""
     for read, item in enumerate(iterator, 1):
         yield item
-        if read >= first and core.state is not PoolState.RUN:
+        if read >= first and (core.state is not PoolState.RUN or released.is_set()):
             raise _Unread(iterator)
 
 
@@ -1203,9 +1220,13 @@ def pool_size(pool: RayPool) -> int:
     return pool._processes  # noqa: SLF001 - the class of this module
 
 
-def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:
+_NO_ITEM = object()
+
+
+def _until(results: IMapIterator, deadline: float | None, executor: RayPool) -> Iterator[Any]:
     """``results`` as ``Executor.map`` yields them: waiting at most until ``deadline``; a
-    failure or an early exit cancels the rest."""
+    failure or an early exit cancels the rest. Holds ``executor``: dropping it while its
+    map is read does not shut it down."""
     try:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -1225,9 +1246,7 @@ def _until(results: IMapIterator, deadline: float | None) -> Iterator[Any]:
                 raise PoolClosedError("cannot schedule new futures after shutdown") from None
     finally:
         results.close()
-
-
-_NO_ITEM = object()
+        del executor
 
 
 def _overrides(

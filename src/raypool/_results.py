@@ -250,7 +250,13 @@ class StreamSink:
     """The buffer between a call and its ``IMapIterator``: back-pressure on the call,
     blocking (or awaiting) reads for the iterator."""
 
-    def __init__(self, outputs: Outputs, stream: bool = True, on_demand: bool = False) -> None:
+    def __init__(
+        self,
+        outputs: Outputs,
+        stream: bool = True,
+        on_demand: bool = False,
+        released: threading.Event | None = None,
+    ) -> None:
         #: ``False`` for ``Executor.map``: leaving the ``with`` block (or the interpreter)
         #: waits for it, as the stdlib's submitted futures complete.
         self.stream = stream
@@ -258,6 +264,8 @@ class StreamSink:
         #: finished batches stay in the call's window, which then bounds all read ahead.
         self.on_demand = on_demand
         self.wanted = False  # a reader waits (on-demand only; under ``cond``)
+        #: Set by ``release()``: the call's input is to stop (``buffersize``'s).
+        self._released = released
         self.outputs = outputs
         self.cond = threading.Condition()
         self.batches: deque[Batch] = deque()
@@ -277,8 +285,11 @@ class StreamSink:
         return len(self.batches) < STREAM_BATCHES
 
     def release(self) -> None:
-        # As the stdlib's imap, which buffers everything: nothing may stall join().
+        # As the stdlib's imap, which buffers everything: nothing may stall join(). A
+        # buffersize map reads no more input instead (the stdlib's submits no more).
         self._bounded = False
+        if self._released is not None:
+            self._released.set()
 
     def put(
         self, items: list[Any] | None, values: list[Any], errors: dict[int, ItemError] | None
@@ -620,6 +631,8 @@ class IMapIterator(Iterator[Any]):
             position = next(reading.positions)
             if position < reading.size:
                 return self._shaped(reading, position)
+            if sink.on_demand:
+                self._want()
             # Only tries the lock: a thread reading at the same time may hold it while it
             # waits, and the event loop must not wait with it.
             if self._lock.acquire(blocking=False):

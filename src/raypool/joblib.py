@@ -17,11 +17,15 @@ Each joblib batch is one Ray task of that pool (joblib sizes batches from their 
 durations). What it adds to joblib's own backends: ``Parallel(timeout=...)``, an exception
 in a task and a closed ``return_as="generator"`` stop the tasks still running (within about
 a second) instead of leaving them to burn CPU; a worker that dies fails its batch with
-``WorkerCrashedError`` and the next ``Parallel`` call runs as usual; results stream back as
-they finish (``return_as="generator"`` and ``"generator_unordered"``).
+``WorkerCrashedError`` (after raypool's ``max_retries`` reruns of the batch, 3 by default:
+pass ``max_retries=0`` for work that must not run twice) and the next ``Parallel`` call
+runs as usual; results stream back as they finish (``return_as="generator"`` and
+``"generator_unordered"``).
 
 Nested ``Parallel`` calls inside a task use joblib's default for process backends - threads,
-``n_jobs=1`` unless given - so a task never starts more work than the CPU Ray gave it.
+``n_jobs=1`` unless the inner code gives one (``n_jobs=-1`` there counts the machine's
+CPUs, as joblib does) - and an inner ``"raypool"`` runs at most as many batches at once as
+the task has CPUs (``_nested_options``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 
 try:
     import joblib
-    from joblib._parallel_backends import (
+    from joblib.parallel import (
         AutoBatchingMixin,
         FallbackToBackend,
         ParallelBackendBase,
@@ -136,16 +140,20 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """``n_jobs`` as a count: ``None`` is ``default_n_jobs``; a negative ``n`` is the
         cluster's CPUs + 1 + ``n`` (at least 1), which connects to Ray."""
+        return self._count(n_jobs, self._configured[1])
+
+    def _count(self, n_jobs: int | None, backend_options: dict[str, Any]) -> int:
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs < 0:
-            return max(self._cluster_cpus() + 1 + n_jobs, 1)
+            return max(self._cluster_cpus(backend_options) + 1 + n_jobs, 1)
         return n_jobs
 
-    def _cluster_cpus(self) -> int:
-        sizer = RayPool(**self._pool_options({}))  # no I/O until asked its size
+    def _cluster_cpus(self, backend_options: dict[str, Any]) -> int:
+        # The cluster the pool would go to (``address=`` may come with the call).
+        sizer = RayPool(**self._pool_options(backend_options))  # no I/O until asked
         try:
             return pool_size(sizer)  # no processes given: the cluster's CPUs
         finally:
@@ -161,8 +169,8 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
     ) -> int:
         """Open this ``Parallel`` call's pool, ``n_jobs`` batches at once; with one job,
         hand over to joblib's sequential backend (no pool, no Ray)."""
-        n_jobs = self.effective_n_jobs(n_jobs)
         _check_options(backend_options)
+        n_jobs = self._count(n_jobs, backend_options)
         self._in_task = in_task()
         if self._in_task:  # see ``_nested_options``
             n_jobs = min(n_jobs, max(1, int(task_cpus())))
@@ -209,10 +217,11 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         Never raises: joblib calls this from the thread that delivers results, where an
         exception would leave ``Parallel`` waiting forever - the future carries it.
         """
+        submit = self._submit  # read once: abort_everything() may swap it meanwhile
         try:
-            if self._submit is None:
+            if submit is None:
                 raise RuntimeError("the raypool backend is not configured (or terminated)")
-            future = self._submit(_run_batch, _dumps(func))
+            future = submit(_run_batch, _dumps(func))
         except BaseException as exc:
             future = concurrent.futures.Future()
             future.set_exception(exc)

@@ -4,7 +4,7 @@
     python -m pytest -p joblib_suite_plugin --pyargs joblib.test.test_parallel \\
         --only-backends raypool,loky --outcomes outcomes.json
 
-(this directory on ``PYTHONPATH``). ``tests/integrations/test_joblib_suite.py`` runs it.
+(this directory on ``PYTHONPATH``). ``tests/integrations/test_joblib.py`` runs it.
 
 * The backend is registered when this plugin is imported - before pytest imports the test
   module, whose lists of backends (``ALL_VALID_BACKENDS``: names and one instance per

@@ -10,6 +10,7 @@ import multiprocessing
 import pickle
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -69,8 +70,18 @@ def _alive_after(run: Callable[[list[Any]], list[Any]]) -> tuple[int, int]:
     assert not any(r is x for r, x in zip(results, arguments, strict=True))
     result_refs = [weakref.ref(r) for r in results]
     del arguments, results
-    gc.collect()
-    return sum(r() is not None for r in argument_refs), sum(r() is not None for r in result_refs)
+    # multiprocessing's task thread drops its last task a moment after handing it over:
+    # wait (a bounded while) for every reference to go, rather than look once.
+    deadline = time.monotonic() + 10
+    while True:
+        gc.collect()
+        alive = (
+            sum(r() is not None for r in argument_refs),
+            sum(r() is not None for r in result_refs),
+        )
+        if alive == (0, 0) or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("method", RUNS)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import operator
 import os
@@ -20,8 +21,16 @@ import psutil
 import pytest
 
 import raypool
-from helpers import buffered_map_in_task, hang_noting_stop, hold, square, stubborn, wait_for_path
-from raypool._batching import MAX_AUTO_BATCH
+from helpers import (
+    buffered_map_in_task,
+    hang_noting_stop,
+    hold,
+    log_call,
+    square,
+    stubborn,
+    wait_for_lines,
+    wait_for_path,
+)
 
 
 @pytest.fixture
@@ -68,7 +77,7 @@ def test_map_buffersize_reads_no_further_than_the_buffer_when_nobody_reads(
     assert next(ints) == 2, "should have read only `buffersize` items of the input"
 
 
-@pytest.mark.parametrize(("chunksize", "buffersize"), [(1, 3), (5, 2), (None, 2)])
+@pytest.mark.parametrize(("chunksize", "buffersize"), [(1, 3), (5, 2)])
 def test_map_buffersize_keeps_the_input_read_within_the_buffer_ahead_of_the_consumer(
     executor: Any, chunksize: int | None, buffersize: int
 ) -> None:
@@ -86,9 +95,20 @@ def test_map_buffersize_keeps_the_input_read_within_the_buffer_ahead_of_the_cons
         taken += 1
     assert results == [i * i for i in range(300)]
     # The consumer counts an item as taken just after it gets it: one more chunk may be
-    # read meanwhile. Automatic chunks grow with the measured item time, up to a limit.
-    most = (buffersize + 1) * (chunksize or MAX_AUTO_BATCH)
+    # read meanwhile.
+    most = (buffersize + 1) * chunksize
     assert max(ahead) <= most, (max(ahead), most)
+
+
+def test_map_buffersize_dropped_unread_reads_no_further(executor: Any, tmp_path: Path) -> None:
+    log = str(tmp_path / "calls")
+    ints = iter(range(100))
+    results = executor.map(log_call, itertools.repeat(log), ints, chunksize=1, buffersize=2)
+    assert wait_for_lines(log, 2)  # both chunks ran: their results wait in the window
+    del results  # dropped unread: what was submitted completes, as the stdlib's
+    gc.collect()
+    assert _shutdown_within(executor)
+    assert next(ints) == 2, "should have read only `buffersize` elements from `ints`"
 
 
 def test_map_buffersize_on_an_infinite_iterable(executor: Any) -> None:
@@ -169,16 +189,18 @@ def test_stopping_the_workers_stops_the_running_call_and_cancels_the_rest(
 
 
 @pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
-def test_stopping_the_workers_of_a_fresh_or_broken_executor_is_harmless(method: str) -> None:
+def test_stopping_the_workers_of_a_fresh_executor_or_after_a_crash_is_harmless(
+    method: str,
+) -> None:
     fresh = raypool.ProcessPoolExecutor(1)
     getattr(fresh, method)()
     with pytest.raises(RuntimeError):
         fresh.submit(square, 1)
-    broken = raypool.ProcessPoolExecutor(1)
+    crashed = raypool.ProcessPoolExecutor(1)  # the stdlib's would be broken now
     with pytest.raises(BrokenProcessPool):
-        broken.submit(os._exit, 1).result(timeout=120)
-    getattr(broken, method)()
-    assert _shutdown_within(broken)
+        crashed.submit(os._exit, 1).result(timeout=120)
+    getattr(crashed, method)()
+    assert _shutdown_within(crashed)
 
 
 def test_kill_workers_ends_a_call_that_swallows_the_stop(tmp_path: Path) -> None:
@@ -191,11 +213,18 @@ def test_kill_workers_ends_a_call_that_swallows_the_stop(tmp_path: Path) -> None
     with pytest.raises(BrokenProcessPool):
         running.result(timeout=60)
     deadline = time.monotonic() + 60
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while _running(pid):
         assert time.monotonic() < deadline, "the worker process still runs"
         time.sleep(0.05)
     with raypool.ProcessPoolExecutor(1) as fresh:  # Ray starts workers for later work
         assert list(fresh.map(square, range(4))) == [0, 1, 4, 9]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_terminate_workers_ends_map_iterators_with_the_error(tmp_path: Path) -> None:
