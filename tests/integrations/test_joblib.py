@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import raypool
-from helpers import die_on, hang_noting_stop, wait_for_path
+from helpers import cpus_in_task, die_on, hang_noting_stop, wait_for_path
 
 joblib = pytest.importorskip("joblib")
 raypool_joblib = pytest.importorskip("raypool.joblib")
@@ -154,7 +154,8 @@ def test_results_stream_as_a_generator() -> None:
 
 def test_options_reach_the_pool_and_a_timeout_option_is_refused() -> None:
     with parallel_config(backend="raypool", n_jobs=2, remote_options={"num_cpus": 0.5}):
-        assert Parallel()(delayed(sqrt)(4.0) for _ in range(4)) == [2.0] * 4
+        cpus = [cpu for cpu, _ in Parallel()(delayed(cpus_in_task)(i) for i in range(4))]
+    assert cpus == [0.5] * 4  # each batch's task asked Ray for what the options say
     with pytest.raises(ValueError, match=r"Parallel\(timeout=\.\.\.\)"):
         parallel_config(backend="raypool", timeout=5)
 
