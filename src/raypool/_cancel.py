@@ -159,9 +159,15 @@ def _forget_all() -> None:
     _forgotten.forget_all()
 
 
+#: In a forked child: what the parent was forgetting, kept alive. Dropping it would release
+#: the refs of the parent's tasks, which are the parent's to release.
+_inherited: list[_Forgotten] = []
+
+
 def _after_fork() -> None:
     """In a forked child: the parent's keys are the parent's to delete."""
     global _forgotten
+    _inherited.append(_forgotten)
     _forgotten = _Forgotten()
 
 

@@ -8,8 +8,9 @@
 * ``classify`` is the one translation of a Ray exception raised for a whole task into what
   each of its items reports, and whether they may run again.
 * A process forked while this one was connected to Ray inherits the connection without the
-  threads behind it: ``ensure_ray`` refuses it (``ForkedProcessError``), and Ray's own exit
-  hook is taken out of it, so that its exit does not shut down the parent's connection.
+  threads behind it: ``ensure_ray`` refuses it (``ForkedProcessError``), so do Ray's own
+  calls there, and Ray's exit hooks and finalizers are taken out of it, so that its exit and
+  its garbage do not act on the parent's connection.
 """
 
 from __future__ import annotations
@@ -145,13 +146,7 @@ def ensure_ray(
         if _inherited_ray and not ray.is_initialized():
             _inherited_ray = False  # the child shut the inherited connection down itself
         if _inherited_ray:
-            raise ForkedProcessError(
-                f"raypool cannot run in this process: it was forked from process "
-                f"{_lifecycle.forked_from()} while that one was connected to Ray, and a forked "
-                "child cannot use its parent's Ray connection. Start it with the 'spawn' or "
-                "'forkserver' start method (multiprocessing.get_context('spawn'), or "
-                "mp_context= for ProcessPoolExecutor) instead of 'fork'"
-            )
+            raise _forked_error("raypool")
         _used_ray = True
         if ray.is_initialized():
             return False
@@ -363,6 +358,45 @@ def _first_line(exc: BaseException) -> str:
     return next(iter(str(exc).strip().splitlines()), "")
 
 
+def _forked_error(what: str) -> ForkedProcessError:
+    return ForkedProcessError(
+        f"{what} cannot run in this process: it was forked from process "
+        f"{_lifecycle.forked_from()} while that one was connected to Ray, and a forked "
+        "child cannot use its parent's Ray connection. Start it with the 'spawn' or "
+        "'forkserver' start method (multiprocessing.get_context('spawn'), or "
+        "mp_context= for ProcessPoolExecutor) instead of 'fork'"
+    )
+
+
+class _InheritedCoreWorker:
+    """Stands in, in a forked child, for the Ray core worker the parent's connection runs on.
+
+    The child's copy of the real one shares the parent's sockets, and its locks may have
+    been held by a parent thread at the fork. Ray's finalizers call into it whenever an
+    ``ObjectRef``, an actor handle or a task's stream the child inherited is dropped - a
+    release that, on the copy, could wait forever on such a lock. Here a release does
+    nothing (the parent still holds its own references), and anything else - a user's
+    ``ray.get`` in the child - raises ``ForkedProcessError`` instead of hanging.
+    """
+
+    _RELEASES = frozenset(
+        {
+            "remove_object_ref_reference",
+            "remove_actor_handle_reference",
+            "async_delete_object_ref_stream",
+        }
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._RELEASES:
+            return _release
+        raise _forked_error("Ray")
+
+
+def _release(*_: Any, **__: Any) -> None:
+    """A released reference, in a forked child: the parent's to release."""
+
+
 def _after_fork() -> None:
     """In a forked child: forget the parent's lock and CPU count; a Ray connection, if the
     parent had one, is the parent's - refuse it, and detach Ray's exit machinery from it."""
@@ -376,15 +410,20 @@ def _after_fork() -> None:
 
 
 def _detach_inherited_ray() -> None:
-    """Keep the exit of a child forked from a Ray driver from touching the parent's Ray.
+    """Keep a child forked from a Ray driver - its exit, its garbage - from touching the
+    parent's Ray.
 
-    Ray installs four things that act on its connection when the process ends, and a
-    forked child inherits them all, with the connection but without the threads that serve
-    it (each seen here, with Ray alone, no raypool):
+    Five things of Ray's act on its connection when an object is dropped or the process
+    ends, and a forked child inherits them all, with the connection but without the
+    threads that serve it (each seen here):
 
     * ``atexit``: ``ray.shutdown()`` - it ends the parent's connection, and kills the
       cluster processes a local ``ray.init`` started: the parent dies with them.
     * ``sys.excepthook``: reports an uncaught exception to Ray's GCS - it hangs.
+    * the core worker, which Ray's finalizers call when the child drops an ``ObjectRef`` it
+      inherited: it may wait on a lock a parent thread held at the fork - the child hangs
+      (seen at random, in a ``multiprocessing`` worker forked while the parent released
+      the references of a cancelled call). ``_InheritedCoreWorker`` takes its place.
     * the native objects behind the connection, collected at the interpreter's exit:
       their destructors wait for threads only the parent has - a segfault. They are kept
       alive instead (their memory goes with the process).
@@ -402,9 +441,13 @@ def _detach_inherited_ray() -> None:
     state = sys.modules.get("ray._private.state")
     if worker is not None and sys.excepthook is getattr(worker, "custom_excepthook", None):
         sys.excepthook = getattr(worker, "normal_excepthook", sys.__excepthook__)
-    for native in (getattr(worker, "global_worker", None), getattr(state, "state", None)):
+    global_worker = getattr(worker, "global_worker", None)
+    core_worker = getattr(global_worker, "core_worker", None)
+    for native in (global_worker, core_worker, getattr(state, "state", None)):
         if native is not None:
             _INCREF(ctypes.py_object(native))
+    if global_worker is not None and core_worker is not None:
+        global_worker.core_worker = _InheritedCoreWorker()
     if _EXIT_FUNCTIONS is not None:
         on_exit, exit_now = _EXIT_FUNCTIONS
         on_exit(exit_now, None)

@@ -2,11 +2,16 @@
 
 Each scenario is a driver subprocess connected to the session's Ray, with a hard time bound:
 before the fix, the stdlib's fork-based pools hung in ``join()`` and broke the driver's Ray
-connection.
+connection. Ray's own calls in a forked child are refused too, and the parent's refs it
+drops release nothing (releasing one there once hung a ``multiprocessing`` worker at
+random: the lock it waits on may have been held by a parent thread at the fork).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -28,23 +33,36 @@ def use_raypool(_=None):
     except raypool.ForkedProcessError as exc:
         return f"refused: {exc}"
     return "used"
+
+held = [ray.put(i) for i in range(50)]
+
+def use_ray(_=None):
+    try:
+        ray.get(held[0], timeout=30)
+    except raypool.ForkedProcessError as exc:
+        return f"refused: {exc}"
+    return "used"
 """
 
 _STDLIB_POOLS = """
 fork = multiprocessing.get_context("fork")
 q = fork.Pool(2)
 print("mp.Pool", q.map(sq, range(5)), flush=True)
-print("in a worker", q.apply(use_raypool), flush=True)
+print("raypool in a worker", q.apply(use_raypool), flush=True)
+print("Ray in a worker", q.apply(use_ray), flush=True)
 q.close()
 q.join()
 with concurrent.futures.ProcessPoolExecutor(2, mp_context=fork) as ex:
     print("PPE", list(ex.map(sq, range(5))), flush=True)
 pid = os.fork()
 if pid == 0:
-    print("child", use_raypool(), flush=True)
+    print("raypool in the child", use_raypool(), flush=True)
+    print("Ray in the child", use_ray(), flush=True)
+    held.clear()  # the parent's refs, dropped here: the parent's are untouched
     sys.exit(0)  # a normal exit: the interpreter's exit hooks run in the child
 _, status = os.waitpid(pid, 0)
 print("os.fork child exit", os.waitstatus_to_exitcode(status), flush=True)
+print("parent's refs", sum(ray.get(held)), flush=True)
 with raypool.Pool(2) as p:
     print("raypool after", p.map(sq, range(5)), flush=True)
 """
@@ -77,15 +95,26 @@ next(it)
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as a driver; one that hangs fails with the Python stacks of each of its
+    processes (the forked ones too: faulthandler's signal handler survives a fork)."""
     import ray
 
     address = ray.get_runtime_context().gcs_address
-    return subprocess.run(
-        [sys.executable, "-c", code, address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    dump = "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+    args = [sys.executable, "-c", dump + code, address]
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"hung; its processes' stacks:\n{err}\n-- stdout:\n{out}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -98,8 +127,10 @@ def test_fork_children_never_touch_ray(scenario: str) -> None:
     assert "PPE [0, 1, 4, 9, 16]" in out
     assert "os.fork child exit 0" in out
     assert "raypool after [0, 1, 4, 9, 16]" in out
-    for where in ("in a worker", "child"):
+    assert "parent's refs 1225" in out
+    for where in ("raypool in a worker", "Ray in a worker", "raypool in the child"):
         assert f"{where} refused: " in out, out
+    assert "Ray in the child refused: Ray cannot run in this process" in out, out
     assert "start method" in out
     assert "spawn" in out
     for sign in ("RaySystemError", "authority", "Traceback", "Exception ignored"):
