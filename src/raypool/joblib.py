@@ -57,8 +57,9 @@ __all__ = ["NAME", "RayPoolBackend", "register"]
 #: The backend's name for ``parallel_config(backend=...)`` and ``Parallel(backend=...)``.
 NAME = "raypool"
 
-#: How many times larger a batch may grow from one measurement to the next.
-BATCH_GROWTH = 8
+#: How many times larger a batch may grow from one measurement to the next (10,000 tiny
+#: calls on 2 CPUs, medians of 15: 206 ms at 8, 192 ms at 64).
+BATCH_GROWTH = 64
 
 #: What ``Parallel`` passes to every backend's ``configure`` that a ``RayPool`` does not
 #: take (joblib's memmapping settings and ``multiprocessing`` context).
@@ -187,11 +188,30 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         return _nested_options(options) if self._in_task else options
 
     def _open(self, n_jobs: int, backend_options: dict[str, Any]) -> None:
-        pool = RayPool(processes=n_jobs, **self._pool_options(backend_options))
+        options = self._pool_options(backend_options)
+        covers = self._covers_cluster(n_jobs, options, backend_options)
+        pool = RayPool(processes=None if covers else n_jobs, **options)
         self._pool = pool
         # One batch per task: joblib sized it already, and a fast batch must never wait
         # in a task behind a slow one (``generator_unordered`` yields the fastest first).
         self._submit = pool.options(chunksize=1).submit
+
+    def _covers_cluster(
+        self, n_jobs: int, options: dict[str, Any], backend_options: dict[str, Any]
+    ) -> bool:
+        """Whether Ray itself runs at most ``n_jobs`` of the call's batches at once: its
+        ``n_jobs`` are the cluster's CPUs, or its tasks ask for CPUs enough that no more fit
+        (not in a task, whose nested calls ask for none). Its pool is then the cluster's
+        (``processes=None``): the pool hands Ray every batch joblib dispatched, which Ray
+        starts on a worker the moment one is free - not a round trip through the driver
+        later. More ``n_jobs`` than CPUs keeps ``processes=n_jobs``: that many at once."""
+        if self._in_task:
+            return False
+        remote = options.get("remote_options") or options.get("ray_remote_args") or {}
+        cpus = self._cluster_cpus(backend_options)
+        if "num_cpus" in remote:
+            return bool(remote["num_cpus"] and n_jobs * remote["num_cpus"] >= cpus)
+        return n_jobs == cpus
 
     def compute_batch_size(self) -> int:
         """joblib's automatic batch size, but growing up to ``BATCH_GROWTH`` times (joblib:

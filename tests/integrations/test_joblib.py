@@ -160,6 +160,17 @@ def test_options_reach_the_pool_and_a_timeout_option_is_refused() -> None:
         parallel_config(backend="raypool", timeout=5)
 
 
+@pytest.mark.parametrize(("n_jobs", "cpus"), [(-1, 1.0), (2, 1.0), (4, 0.5)])
+def test_n_jobs_batches_run_at_once_each_on_a_share_of_the_cluster(
+    n_jobs: int, cpus: float
+) -> None:
+    # The whole cluster (2 CPUs): a CPU per batch, Ray running as many as fit. More jobs
+    # than CPUs: that many at once, each on a share, as that many loky processes would run.
+    with parallel_config(backend="raypool", n_jobs=n_jobs):
+        asked = Parallel(batch_size=1)(delayed(cpus_in_task)(i) for i in range(6))
+    assert [cpu for cpu, _ in asked] == [cpus] * 6
+
+
 def test_n_jobs_counts_the_cluster() -> None:
     backend = raypool_joblib.RayPoolBackend()
     assert backend.effective_n_jobs(-1) == 2  # the session's Ray has 2 CPUs
