@@ -1142,8 +1142,9 @@ class ProcessPoolExecutor(RayPool):
         stdlib's is 1) sizes tasks automatically. Extensions as ``RayPool.map``.
 
         ``buffersize`` (Python 3.14's, on every Python here): at most this many chunks (Ray
-        tasks of ``chunksize`` items, automatic if ``None``) run or wait finished ahead of
-        the consumer, and no more input is read until the consumer takes a result - for
+        tasks of ``chunksize`` items - one item unless given, as the stdlib's, so that at
+        most ``buffersize`` items are read ahead) run or wait finished ahead of the
+        consumer, and no more input is read until the consumer takes a result - for
         infinite or huge inputs. Once the executor is shut down (or the iterator dropped
         unread) no more input is read: what was read still arrives, then the iterator ends
         if the input had nothing left, or raises ``RuntimeError`` (``PoolClosedError``) if
@@ -1165,8 +1166,12 @@ class ProcessPoolExecutor(RayPool):
         iterable, unpack = _zip(iterables, "map") if iterables else ((), "none")
         released = None
         if buffersize is not None:
+            # The stdlib's chunks: automatic ones grow with measured timings (thousands of
+            # tiny items), and the buffer bounds chunks - the input read ahead would not stay
+            # within ``buffersize`` items.
+            chunksize = 1 if chunksize is None else chunksize
             released = threading.Event()
-            first = buffersize * (chunksize or 1)  # what the stdlib submits in the call
+            first = buffersize * chunksize  # what the stdlib submits in the call
             iterable = _while_running(self._core, iter(iterable), first, released)
         overrides = _overrides(
             None,

@@ -77,7 +77,7 @@ def test_map_buffersize_reads_no_further_than_the_buffer_when_nobody_reads(
     assert next(ints) == 2, "should have read only `buffersize` items of the input"
 
 
-@pytest.mark.parametrize(("chunksize", "buffersize"), [(1, 3), (5, 2)])
+@pytest.mark.parametrize(("chunksize", "buffersize"), [(None, 3), (1, 3), (5, 2)])
 def test_map_buffersize_keeps_the_input_read_within_the_buffer_ahead_of_the_consumer(
     executor: Any, chunksize: int | None, buffersize: int
 ) -> None:
@@ -96,7 +96,7 @@ def test_map_buffersize_keeps_the_input_read_within_the_buffer_ahead_of_the_cons
     assert results == [i * i for i in range(300)]
     # The consumer counts an item as taken just after it gets it: one more chunk may be
     # read meanwhile.
-    most = (buffersize + 1) * chunksize
+    most = (buffersize + 1) * (chunksize or 1)  # as the stdlib's: one item a chunk
     assert max(ahead) <= most, (max(ahead), most)
 
 
