@@ -266,7 +266,8 @@ class ClusterUnreachableError(RayPoolError, ConnectionError):
 
 
 class ForkedProcessError(RayPoolError, RuntimeError):
-    """raypool was used in a process forked from one connected to Ray (``multiprocessing``'s
+    """raypool - or a Ray call that goes through Ray's core worker, once raypool has used
+    Ray - was used in a process forked from one connected to Ray (``multiprocessing``'s
     ``fork`` start method, ``os.fork()``). A forked child shares its parent's Ray
     connection without the threads behind it: using it would hang and break the parent's.
     Start such processes with the ``spawn`` or ``forkserver`` method instead.

@@ -1139,7 +1139,9 @@ class ProcessPoolExecutor(RayPool):
         taken; an iterator dropped unread, or the executor shut down (also at the
         interpreter's exit), lets all of it run, as the stdlib's submitted calls do. For a
         per-item timeout use ``options(timeout=...)``. ``chunksize=None`` (default; the
-        stdlib's is 1) sizes tasks automatically. Extensions as ``RayPool.map``.
+        stdlib's is 1) sizes tasks automatically - one item each with ``buffersize``, unless
+        the executor's or its view's ``chunksize`` says otherwise. Extensions as
+        ``RayPool.map``.
 
         ``buffersize`` (Python 3.14's, on every Python here): at most this many chunks (Ray
         tasks of ``chunksize`` items - one item unless given, as the stdlib's, so that at
@@ -1169,7 +1171,7 @@ class ProcessPoolExecutor(RayPool):
             # The stdlib's chunks: automatic ones grow with measured timings (thousands of
             # tiny items), and the buffer bounds chunks - the input read ahead would not stay
             # within ``buffersize`` items.
-            chunksize = 1 if chunksize is None else chunksize
+            chunksize = _check_count("chunksize", chunksize) or self._defaults.chunksize or 1
             released = threading.Event()
             first = buffersize * chunksize  # what the stdlib submits in the call
             iterable = _while_running(self._core, iter(iterable), first, released)

@@ -9,8 +9,9 @@
   each of its items reports, and whether they may run again.
 * A process forked while this one was connected to Ray inherits the connection without the
   threads behind it: ``ensure_ray`` refuses it (``ForkedProcessError``), so do Ray's own
-  calls there, and Ray's exit hooks and finalizers are taken out of it, so that its exit and
-  its garbage do not act on the parent's connection.
+  calls there that go through its core worker (``ray.get``, ``ray.put``...), and Ray's exit
+  hooks and finalizers are taken out of it, so that its exit and its garbage do not act on
+  the parent's connection.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 import ray
@@ -143,9 +145,7 @@ def ensure_ray(
     """
     global _started_job, _used_ray, _inherited_ray
     with _init_lock:
-        if _inherited_ray and not ray.is_initialized():
-            _inherited_ray = False  # the child shut the inherited connection down itself
-        if _inherited_ray:
+        if _inherited_ray:  # for good: ray.shutdown() cannot complete in a forked child
             raise _forked_error("raypool")
         _used_ray = True
         if ray.is_initialized():
@@ -375,26 +375,33 @@ class _InheritedCoreWorker:
     been held by a parent thread at the fork. Ray's finalizers call into it whenever an
     ``ObjectRef``, an actor handle or a task's stream the child inherited is dropped - a
     release that, on the copy, could wait forever on such a lock. Here a release does
-    nothing (the parent still holds its own references), and anything else - a user's
-    ``ray.get`` in the child - raises ``ForkedProcessError`` instead of hanging.
+    nothing (the parent still holds its own references); who the process is to Ray - which
+    Ray's log filter (``ray.init(logging_config=...)``) asks on every record - is no one
+    (nil ids); anything else - a user's ``ray.get`` in the child - raises
+    ``ForkedProcessError`` instead of hanging.
     """
 
-    _RELEASES = frozenset(
-        {
-            "remove_object_ref_reference",
-            "remove_actor_handle_reference",
-            "async_delete_object_ref_stream",
-        }
-    )
+    _ANSWERS: ClassVar[Mapping[str, Callable[[], Any]]] = {
+        "remove_object_ref_reference": lambda: None,
+        "remove_actor_handle_reference": lambda: None,
+        "async_delete_object_ref_stream": lambda: None,
+        "get_current_job_id": ray.JobID.nil,
+        "get_current_node_id": ray.NodeID.nil,
+        "get_worker_id": ray.WorkerID.nil,
+        "get_actor_id": ray.ActorID.nil,
+        "get_current_task_id": ray.TaskID.nil,
+        "get_current_task_name": str,
+        "get_current_task_function_name": str,
+        "get_actor_name": bytes,
+    }
 
     def __getattr__(self, name: str) -> Any:
-        if name in self._RELEASES:
-            return _release
-        raise _forked_error("Ray")
-
-
-def _release(*_: Any, **__: Any) -> None:
-    """A released reference, in a forked child: the parent's to release."""
+        if name.startswith("__"):  # introspection (copy, inspect): no such attribute
+            raise AttributeError(name)
+        answer = self._ANSWERS.get(name)
+        if answer is None:
+            raise _forked_error("Ray")
+        return lambda *_, **__: answer()
 
 
 def _after_fork() -> None:

@@ -171,6 +171,28 @@ def test_n_jobs_batches_run_at_once_each_on_a_share_of_the_cluster(
     assert [cpu for cpu, _ in asked] == [cpus] * 6
 
 
+@pytest.mark.parametrize(
+    ("n_jobs", "options", "processes"),
+    [
+        (-1, {}, "auto"),  # the cluster's CPUs: Ray caps it, the pool need not
+        (2, {}, "auto"),  # the session's 2 CPUs: the same
+        (2, {"remote_options": {"num_cpus": 1}}, "auto"),
+        (4, {}, "4"),  # more than the CPUs: that many at once
+        (3, {"remote_options": {"num_cpus": 0.5}}, "3"),  # Ray would run 4
+        (2, {"remote_options": {"num_cpus": 0}}, "2"),
+    ],
+)
+def test_a_call_over_the_whole_cluster_leaves_the_cap_to_ray(
+    n_jobs: int, options: dict[str, Any], processes: str
+) -> None:
+    backend = raypool_joblib.RayPoolBackend(nesting_level=0, **options)
+    backend.configure(n_jobs=n_jobs)
+    try:
+        assert f"processes={processes} " in repr(backend._pool)
+    finally:
+        backend.terminate()
+
+
 def test_n_jobs_counts_the_cluster() -> None:
     backend = raypool_joblib.RayPoolBackend()
     assert backend.effective_n_jobs(-1) == 2  # the session's Ray has 2 CPUs

@@ -23,6 +23,7 @@ import pytest
 import raypool
 from helpers import (
     buffered_map_in_task,
+    cpus_in_task,
     hang_noting_stop,
     hold,
     log_call,
@@ -98,6 +99,15 @@ def test_map_buffersize_keeps_the_input_read_within_the_buffer_ahead_of_the_cons
     # read meanwhile.
     most = (buffersize + 1) * (chunksize or 1)  # as the stdlib's: one item a chunk
     assert max(ahead) <= most, (max(ahead), most)
+
+
+@pytest.mark.parametrize(("view_chunksize", "per_task"), [(None, 1), (5, 5)])
+def test_map_buffersize_chunks_are_one_item_unless_the_executor_says_otherwise(
+    executor: Any, view_chunksize: int | None, per_task: int
+) -> None:
+    view = executor.options(chunksize=view_chunksize) if view_chunksize else executor
+    tasks = [task for _, task in view.map(cpus_in_task, range(20), buffersize=2)]
+    assert [tasks.count(task) for task in dict.fromkeys(tasks)] == [per_task] * (20 // per_task)
 
 
 def test_map_buffersize_dropped_unread_reads_no_further(executor: Any, tmp_path: Path) -> None:

@@ -165,6 +165,36 @@ def test_a_child_forked_before_ray_started_may_use_raypool() -> None:
     assert "exit 0" in proc.stdout
 
 
+def test_ray_log_records_in_a_forked_child_name_no_ray_process() -> None:
+    """Ray's structured logging asks Ray who the process is on every record: in a forked
+    child, no one (nil ids), and logging works."""
+    code = textwrap.dedent(
+        """
+        import logging, os, sys
+        import ray, raypool
+
+        config = ray.LoggingConfig(encoding="TEXT", log_level="INFO")
+        ray.init(address=sys.argv[1], logging_level="error", logging_config=config)
+
+        def sq(x):
+            return x * x
+
+        print("parent", raypool.RayMap(sq).map(range(3)), flush=True)
+        pid = os.fork()
+        if pid == 0:
+            logging.getLogger("child").warning("logged in the child")
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "child exit 0" in proc.stdout, proc.stderr
+    assert "logged in the child" in proc.stderr
+    assert "job_id=ffffffff" in proc.stderr
+
+
 def test_what_a_child_inherited_refuses_to_wait_there() -> None:
     """Iterators and results a forked child inherited from its parent raise
     ``ForkedProcessError`` once they would need Ray or the parent's threads - never hang."""
