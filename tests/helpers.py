@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +420,18 @@ def task_id() -> str:
     import ray
 
     return str(ray.get_runtime_context().get_task_id())
+
+
+def task_name() -> str:
+    """The name of the Ray task running this call (its remote function's)."""
+    import ray
+
+    return str(ray.get_runtime_context().get_task_name())
+
+
+def make_adder(n: int) -> Callable[[int], int]:
+    """A closure: only cloudpickle can send it back to the driver."""
+    return lambda x: x + n
 
 
 def in_task(x: Any) -> tuple[Any, str]:

@@ -57,6 +57,7 @@ from ._worker import (
     TaskSpec,
     execute_batch,
     execute_batch_max_calls,
+    execute_call,
     execute_calls,
     execute_calls_max_calls,
     run_batch,
@@ -298,7 +299,7 @@ class CallBackend:
     """Runs batches of submitted calls (``_worker.CallItem``, each naming its function) as
     streaming Ray tasks: a task sends its calls' results back in pieces as they finish
     (``_worker.FLUSH_SECONDS``), so each call's future resolves when the call ends, not
-    when its task does.
+    when its task does. A task of one call is a plain Ray task (its one piece, returned).
 
     Args:
         cpus: how many of its tasks run at once (the pool's size): the calls waiting
@@ -324,8 +325,12 @@ class CallBackend:
         self.cpus = cpus
         #: Calls or initargs hold ``Manager()`` proxies: send them with their authkey.
         self.ships_proxies = False
+        options = {"max_retries": 0, **(remote_options or {})}
         remote = execute_calls if max_calls is None else execute_calls_max_calls(max_calls)
-        self._remote = remote.options(**{"max_retries": 0, **(remote_options or {})})
+        self._remote = remote.options(**options)
+        # A task of one call is a plain task, which costs Ray less than a stream - but with
+        # ``max_calls``, which Ray counts per remote function, every task is of the one.
+        self._remote_one = self._remote if max_calls else execute_call.options(**options)
         self._cancel_key = new_key()
         self._spec: CallsSpec = (timeout, self._cancel_key, setup, False)
         self._checked_spec: CallsSpec = (timeout, self._cancel_key, setup, True)
@@ -333,11 +338,12 @@ class CallBackend:
 
     def submit(self, items: list[Any], checked: bool = False) -> Any:
         spec = self._checked_spec if checked else self._spec
+        remote = self._remote_one if len(items) == 1 else self._remote
         try:
             if not self.ships_proxies:
-                return self._remote.remote(spec, items)
+                return remote.remote(spec, items)
             with shipping():
-                return self._remote.remote(spec, items)
+                return remote.remote(spec, items)
         except (TypeError, RuntimeError) as exc:  # Ray could not serialize the arguments
             try:
                 return _Refused(_unserializable(items, exc))
@@ -348,7 +354,7 @@ class CallBackend:
         if isinstance(handle, _Refused):
             callback(handle)
             return
-        future = self._futures[handle] = next_piece(handle).future()
+        future = self._futures[handle] = _next_ref(handle).future()
         future.add_done_callback(lambda _: callback(handle))
 
     def result(self, handle: Any, items: list[Any] | None, size: int) -> BatchResult:
@@ -357,8 +363,9 @@ class CallBackend:
             return failed_batch(size, handle.error, retry=False, rerun=rerun)
         future = self._futures.pop(handle, None)
         try:
-            piece: Piece = future.result() if future is not None else ray.get(next_piece(handle))
-            take_piece(handle)
+            piece: Piece = future.result() if future is not None else ray.get(_next_ref(handle))
+            if not isinstance(handle, ray.ObjectRef):
+                take_piece(handle)
         except Exception as exc:  # the task failed: every call not reported yet
             return _failed(classify(exc), items, size)
         count, sealed = piece
@@ -374,7 +381,7 @@ class CallBackend:
         refused = [handle for handle in handles if isinstance(handle, _Refused)]
         if refused:
             return refused[0]
-        by_ref = {next_piece(handle): handle for handle in handles}
+        by_ref = {_next_ref(handle): handle for handle in handles}
         ready, _ = ray.wait(list(by_ref), num_returns=1, fetch_local=False)
         return by_ref[ready[0]]
 
@@ -382,10 +389,10 @@ class CallBackend:
         raise NotImplementedError("submitted calls are driven by the pool's dispatcher")
 
     def finished(self, handles: Sequence[Any]) -> list[Any]:
-        streams = [handle for handle in handles if not isinstance(handle, _Refused)]
-        if not streams or not ray.is_initialized():
+        tasks = [handle for handle in handles if not isinstance(handle, _Refused)]
+        if not tasks or not ray.is_initialized():
             return [handle for handle in handles if isinstance(handle, _Refused)]
-        by_ref = {handle.completed(): handle for handle in streams}
+        by_ref = {_end_ref(handle): handle for handle in tasks}
         done, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0, fetch_local=False)
         ended = {id(by_ref[ref]) for ref in done}
         return [h for h in handles if isinstance(h, _Refused) or id(h) in ended]
@@ -396,12 +403,22 @@ class CallBackend:
         if not ray.is_initialized():
             return
         ended = {id(handle) for handle in self.finished(handles)}
-        running = [handle.completed() for handle in handles if id(handle) not in ended]
+        running = [_end_ref(handle) for handle in handles if id(handle) not in ended]
         if running and raise_flag(self._cancel_key, kill=kill):
             forget_when_done(self._cancel_key, running)
 
     def close(self) -> None:
         self._futures.clear()
+
+
+def _next_ref(handle: Any) -> Any:
+    """The ref of a task's next result: a stream's next piece, a plain task's return."""
+    return handle if isinstance(handle, ray.ObjectRef) else next_piece(handle)
+
+
+def _end_ref(handle: Any) -> Any:
+    """A ref that is ready once the task has ended."""
+    return handle if isinstance(handle, ray.ObjectRef) else handle.completed()
 
 
 #: Errors for a whole task that a one-item task pins on its item, naming it.

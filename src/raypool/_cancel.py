@@ -201,6 +201,7 @@ class CancelWatcher:
         self._batch_began = 0.0  # time.time() at the current batch's begin()
         self._raised_key: str | None = None
         self._thread: threading.Thread | None = None
+        self._parked = False  # the thread waits for a batch, with no time limit
 
     def begin(self, key: str) -> None:
         with self._wake:
@@ -217,7 +218,8 @@ class CancelWatcher:
                     target=self._run, name="raypool-cancel-watcher", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            elif self._parked:  # else it wakes in time by itself: no switch per batch
+                self._wake.notify()
 
     def end(self) -> None:
         with self._wake:
@@ -237,7 +239,9 @@ class CancelWatcher:
         while True:
             with self._wake:
                 while self._key is None:
+                    self._parked = True
                     self._wake.wait()
+                self._parked = False
                 key = self._key
                 if key == polled_key:
                     due = polled_at + POLL_SECONDS

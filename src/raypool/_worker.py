@@ -67,6 +67,7 @@ __all__ = [
     "TaskSpec",
     "execute_batch",
     "execute_batch_max_calls",
+    "execute_call",
     "execute_calls",
     "execute_calls_max_calls",
     "run_batch",
@@ -549,7 +550,11 @@ def _sealed(result: BatchResult, items: list[Any]) -> Sealed:
 
 def _pickle(result: BatchResult) -> Sealed:
     buffers: list[pickle.PickleBuffer] = []
-    data = ray.cloudpickle.dumps(result, protocol=5, buffer_callback=buffers.append)  # type: ignore[no-untyped-call]
+    try:  # the C pickler first: most results need nothing more, and it costs less
+        data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+    except Exception:  # a value only cloudpickle pickles: a lambda, a class of __main__...
+        buffers.clear()
+        data = ray.cloudpickle.dumps(result, protocol=5, buffer_callback=buffers.append)  # type: ignore[no-untyped-call]
     if len(data) >= OUT_OF_BAND_BYTES:  # Ray stores it as it stores a buffer: no copy
         return pickle.PickleBuffer(data), buffers
     return data, buffers
@@ -708,8 +713,17 @@ def _run_piece(
     )
 
 
+def _execute_call(spec: CallsSpec, items: list[CallItem]) -> Piece:
+    """``_execute_calls`` for one call: its one piece, returned."""
+    (piece,) = _execute_calls(spec, items)
+    return piece
+
+
 #: The Ray task that runs a batch of submitted calls, sending results back as they finish.
 execute_calls = ray.remote(num_returns="streaming")(_execute_calls)
+#: The Ray task that runs one submitted call: a plain task, which costs Ray about half a
+#: millisecond less of CPU, on each side, than a streaming one.
+execute_call = ray.remote(_execute_call)
 
 
 @functools.cache

@@ -78,6 +78,23 @@ def test_flag_raised_while_a_batch_runs_is_seen(polls: Counter[str]) -> None:
     forget_when_done(key, [])
 
 
+def test_a_watcher_waiting_between_batches_wakes_for_the_next(polls: Counter[str]) -> None:
+    # Between batches the watcher waits with no time limit; a batch that begins then must
+    # wake it (one that begins while it waits for its next read need not: it wakes anyway).
+    watcher = CancelWatcher()
+    first, second = new_key(), new_key()
+    watcher.begin(first)
+    assert _wait_for(lambda: polls[first] >= 1)
+    watcher.end()
+    assert _wait_for(lambda: watcher._parked)  # the state under test
+    assert raise_flag(second)
+    watcher.begin(second)
+    assert _wait_for(watcher.cancelled.is_set)
+    watcher.end()
+    forget_when_done(first, [])
+    forget_when_done(second, [])
+
+
 def test_keys_are_deleted_once_the_tasks_end_when_calls_go_on(tmp_path: Path) -> None:
     import ray
 

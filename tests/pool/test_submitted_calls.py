@@ -27,7 +27,9 @@ from helpers import (
     in_task,
     in_task_when,
     log_then_wait_for,
+    make_adder,
     square,
+    task_name,
     touch,
     wait_for_path,
 )
@@ -106,6 +108,41 @@ def test_cancel_succeeds_until_the_call_is_packed_into_a_task(held: Held, tmp_pa
     # Later calls of the same lane have run: the cancelled one would have run before them.
     held.executor.submit(square, 2).result(TIMEOUT)
     assert not never.exists()
+
+
+def test_a_call_alone_in_its_task_is_a_plain_ray_task(held: Held) -> None:
+    # A plain task costs Ray less than a streaming one, which only a task of several calls
+    # needs: its results go back in pieces.
+    alone = held.executor.options(chunksize=1)
+    singles = [alone.submit(task_name) for _ in range(2)]
+    shared = [held.executor.submit(task_name) for _ in range(2)]
+    held.release()
+    assert {future.result(TIMEOUT) for future in singles} == {"_execute_call"}
+    assert {future.result(TIMEOUT) for future in shared} == {"_execute_calls"}
+
+
+def test_a_plain_task_fails_and_times_out_as_a_streaming_one(tmp_path: Path) -> None:
+    with raypool.ProcessPoolExecutor(2) as executor:
+        alone = executor.options(chunksize=1, max_retries=0)
+        assert alone.submit(task_name).result(TIMEOUT) == "_execute_call"
+        with pytest.raises(WorkerCrashedError):
+            alone.submit(die_now, 2).result(TIMEOUT)
+        gate = tmp_path / "never"
+        with pytest.raises(raypool.TaskTimeoutError):
+            alone.options(timeout=0.5).submit(in_task_when, str(gate), 1).result(TIMEOUT)
+        with pytest.raises(ZeroDivisionError):
+            alone.submit(divmod, 1, 0).result(TIMEOUT)
+        # A result only cloudpickle can send back (the worker tries the C pickler first).
+        assert alone.submit(make_adder, 2).result(TIMEOUT)(40) == 42
+        assert alone.submit(square, 7).result(TIMEOUT) == 49  # the pool goes on
+
+
+def test_with_max_tasks_per_child_every_task_streams() -> None:
+    # Ray counts ``max_calls`` per remote function: one kind of task for every call keeps
+    # the count of tasks a worker process runs.
+    with raypool.ProcessPoolExecutor(2, max_tasks_per_child=3) as executor:
+        names = [executor.options(chunksize=1).submit(task_name) for _ in range(4)]
+        assert {future.result(TIMEOUT) for future in names} == {"_execute_calls"}
 
 
 def test_a_packed_call_cannot_be_cancelled(tmp_path: Path) -> None:
