@@ -207,8 +207,9 @@ def open_calls(
     spec: RunSpec, options: MapOptions, feed: Feed, throttle: Throttle, cpus: int
 ) -> tuple[MapRun, CallBackend]:
     """Open the run that packs submitted calls (``_worker.CallItem``) from ``feed`` into
-    streaming tasks, sized from measured call durations and spread over ``cpus`` tasks
-    at once (the pool's size), as long as the feed is open.
+    streaming tasks (a task of one call: a plain task), sized from measured call
+    durations and spread over ``cpus`` tasks at once (the pool's size), as long as the
+    feed is open.
 
     Returns:
         The run, and its backend (``ships_proxies`` may be turned on as calls arrive).
