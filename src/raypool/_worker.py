@@ -550,11 +550,7 @@ def _sealed(result: BatchResult, items: list[Any]) -> Sealed:
 
 def _pickle(result: BatchResult) -> Sealed:
     buffers: list[pickle.PickleBuffer] = []
-    try:  # the C pickler first: most results need nothing more, and it costs less
-        data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
-    except Exception:  # a value only cloudpickle pickles: a lambda, a class of __main__...
-        buffers.clear()
-        data = ray.cloudpickle.dumps(result, protocol=5, buffer_callback=buffers.append)  # type: ignore[no-untyped-call]
+    data = ray.cloudpickle.dumps(result, protocol=5, buffer_callback=buffers.append)  # type: ignore[no-untyped-call]
     if len(data) >= OUT_OF_BAND_BYTES:  # Ray stores it as it stores a buffer: no copy
         return pickle.PickleBuffer(data), buffers
     return data, buffers
