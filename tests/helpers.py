@@ -429,6 +429,13 @@ def task_name() -> str:
     return str(ray.get_runtime_context().get_task_name())
 
 
+def put_in_store(x: Any) -> list[Any]:
+    """``[ObjectRef of x]``, put by the worker: the driver reads it through Ray."""
+    import ray
+
+    return [ray.put(x)]
+
+
 def make_adder(n: int) -> Callable[[int], int]:
     """A closure: only cloudpickle can send it back to the driver."""
     return lambda x: x + n

@@ -28,6 +28,7 @@ from helpers import (
     in_task_when,
     log_then_wait_for,
     make_adder,
+    put_in_store,
     square,
     task_name,
     touch,
@@ -135,6 +136,22 @@ def test_a_plain_task_fails_and_times_out_as_a_streaming_one(tmp_path: Path) -> 
         # A result only cloudpickle can send back (the worker tries the C pickler first).
         assert alone.submit(make_adder, 2).result(TIMEOUT)(40) == 42
         assert alone.submit(square, 7).result(TIMEOUT) == 49  # the pool goes on
+
+
+def test_an_object_ref_in_a_result_stays_readable(held: Held) -> None:
+    # A result holding a ref the worker made: Ray must learn who owns it (its pickler
+    # does; a plain pickle of the ref would lose that).
+    import ray
+
+    alone = held.executor.options(chunksize=1)
+    futures = [alone.submit(put_in_store, "one"), held.executor.submit(put_in_store, "two")]
+    futures.append(held.executor.submit(put_in_store, "three"))  # these two share a task
+    held.release()
+    refs = [ref for future in futures for ref in future.result(TIMEOUT)]
+    assert ray.get(refs, timeout=TIMEOUT) == ["one", "two", "three"]
+    with raypool.Pool(2) as pool:
+        mapped = [ref for refs in pool.map(put_in_store, range(5)) for ref in refs]
+        assert ray.get(mapped, timeout=TIMEOUT) == list(range(5))
 
 
 def test_with_max_tasks_per_child_every_task_streams() -> None:
