@@ -429,11 +429,11 @@ def task_name() -> str:
     return str(ray.get_runtime_context().get_task_name())
 
 
-def put_in_store(x: Any) -> list[Any]:
-    """``[ObjectRef of x]``, put by the worker: the driver reads it through Ray."""
+def put_in_store(x: Any) -> tuple[list[Any], str]:
+    """``([ObjectRef of x], task id)``, put by the worker: the driver reads it through Ray."""
     import ray
 
-    return [ray.put(x)]
+    return [ray.put(x)], task_id()
 
 
 def make_adder(n: int) -> Callable[[int], int]:

@@ -330,7 +330,7 @@ class CallBackend:
         self._remote = remote.options(**options)
         # A task of one call is a plain task, which costs Ray less than a stream - but with
         # ``max_calls``, which Ray counts per remote function, every task is of the one.
-        self._remote_one = self._remote if max_calls else execute_call.options(**options)
+        self._remote_one = execute_call.options(**options) if max_calls is None else self._remote
         self._cancel_key = new_key()
         self._spec: CallsSpec = (timeout, self._cancel_key, setup, False)
         self._checked_spec: CallsSpec = (timeout, self._cancel_key, setup, True)

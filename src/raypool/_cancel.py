@@ -207,7 +207,8 @@ class CancelWatcher:
         with self._wake:
             self._key = key
             self._batch_began = time.time()
-            if key != self._begun_key:
+            new_key = key != self._begun_key
+            if new_key:
                 self._begun_key, self._begun_at = key, time.monotonic()
             if key == self._raised_key:
                 self.cancelled.set()
@@ -218,8 +219,8 @@ class CancelWatcher:
                     target=self._run, name="raypool-cancel-watcher", daemon=True
                 )
                 self._thread.start()
-            elif self._parked:  # else it wakes in time by itself: no switch per batch
-                self._wake.notify()
+            elif self._parked or new_key:  # else its next read is due as planned: no
+                self._wake.notify()  # thread switch per batch of the same call
 
     def end(self) -> None:
         with self._wake:

@@ -133,7 +133,7 @@ def test_a_plain_task_fails_and_times_out_as_a_streaming_one(tmp_path: Path) -> 
             alone.options(timeout=0.5).submit(in_task_when, str(gate), 1).result(TIMEOUT)
         with pytest.raises(ZeroDivisionError):
             alone.submit(divmod, 1, 0).result(TIMEOUT)
-        # A result only cloudpickle can send back (the worker tries the C pickler first).
+        # A result only cloudpickle can send back.
         assert alone.submit(make_adder, 2).result(TIMEOUT)(40) == 42
         assert alone.submit(square, 7).result(TIMEOUT) == 49  # the pool goes on
 
@@ -145,12 +145,14 @@ def test_an_object_ref_in_a_result_stays_readable(held: Held) -> None:
 
     alone = held.executor.options(chunksize=1)
     futures = [alone.submit(put_in_store, "one"), held.executor.submit(put_in_store, "two")]
-    futures.append(held.executor.submit(put_in_store, "three"))  # these two share a task
+    futures.append(held.executor.submit(put_in_store, "three"))
     held.release()
-    refs = [ref for future in futures for ref in future.result(TIMEOUT)]
+    results = [future.result(TIMEOUT) for future in futures]
+    assert results[1][1] == results[2][1] != results[0][1]  # a plain task, a streaming one
+    refs = [ref for refs, _ in results for ref in refs]
     assert ray.get(refs, timeout=TIMEOUT) == ["one", "two", "three"]
     with raypool.Pool(2) as pool:
-        mapped = [ref for refs in pool.map(put_in_store, range(5)) for ref in refs]
+        mapped = [ref for refs, _ in pool.map(put_in_store, range(5)) for ref in refs]
         assert ray.get(mapped, timeout=TIMEOUT) == list(range(5))
 
 
