@@ -199,8 +199,14 @@ def task_cpus() -> float:
 
 def lend_cpu(handles: list[Any], timeout: float) -> None:
     """Wait up to ``timeout`` seconds for one of the tasks ``handles`` in ``ray.wait``:
-    while this task waits there, Ray lends its CPU to other tasks - the ones it waits for."""
-    ray.wait(handles, num_returns=1, timeout=timeout, fetch_local=False)
+    while this task waits there, Ray lends its CPU to other tasks - the ones it waits for.
+    Handles that are not Ray's (a call Ray refused to start) are not waited on."""
+    refs = [handle for handle in handles if isinstance(handle, _RAY_HANDLES)]
+    if refs:
+        ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+
+
+_RAY_HANDLES = (ray.ObjectRef, ray.ObjectRefGenerator)
 
 
 def next_piece(stream: Any) -> Any:

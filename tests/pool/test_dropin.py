@@ -595,6 +595,18 @@ if __name__ == "__main__":
 _KNOWN_FLAKE = "whose owner is unknown"
 
 
+def test_a_nested_pool_lends_its_cpu_only_while_waiting_on_ray_tasks() -> None:
+    # In a task, a pool waits for its results in ``ray.wait`` (lending its CPU) on its tasks
+    # in flight; a call Ray refused to start has a handle of raypool's own among them.
+    import ray
+
+    from raypool._runtime import lend_cpu
+
+    ready = ray.put(1)
+    lend_cpu([object(), ready], 10.0)  # returns at once: the ref is there
+    lend_cpu([object()], 10.0)  # nothing of Ray's to wait on: returns at once
+
+
 def test_nested_pools_finish_on_a_single_cpu(tmp_path: Any) -> None:
     script = tmp_path / "nested.py"
     script.write_text(_NESTED)
