@@ -49,6 +49,7 @@ import ray
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads
+from machine import StealMeter
 
 import raypool
 from raypool import RayMap
@@ -473,6 +474,7 @@ def main() -> None:
     chosen = [k for k in BENCHES if k in args.only]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
+    steal = StealMeter()
     ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
     consume(RayMap(workloads.square).imap(range(1000)))  # warm the workers up
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -489,14 +491,15 @@ def main() -> None:
                 value = bench(name)
                 results.setdefault(key, {}).setdefault(name, []).append(value)
                 print(f"rep {rep + 1} {key} {name:14} {value}", file=sys.stderr, flush=True)
-    print(report(results))
+    print(report(results, steal.describe()))
     ray.shutdown()
 
 
-def report(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+def report(results: dict[str, dict[str, list[dict[str, float]]]], steal: str) -> str:
     lines = [
         f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, Ray {ray.__version__}, "
-        f"numpy {np.__version__}. Medians of the repetitions; ratio = contender / raypool.",
+        f"numpy {np.__version__}; {steal}. Medians of the repetitions; ratio = contender / "
+        "raypool.",
         "",
     ]
     for key, by_name in results.items():

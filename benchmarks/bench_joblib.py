@@ -10,7 +10,9 @@ Workloads:
        cv=5, n_jobs=-1)``: wall (s)
 
 Each backend runs every workload once per repetition, in an order rotated from one
-repetition to the next, after one untimed warm-up call; ratios are to raypool's.
+repetition to the next, after one untimed warm-up call; ratios are to raypool's in the same
+repetition. The report gives the share of CPU time the host took meanwhile (steal): on a
+shared virtual machine it swings the ratios more than any change of ours.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import joblib
 import ray
 import workloads
 from joblib import Parallel, delayed, parallel_config
+from machine import StealMeter
 from ray.util.joblib import register_ray
 from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", default="kl")
     args = parser.parse_args()
+    steal = StealMeter()
     ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
     register_ray()
     chosen = [key for key in BENCHES if key in args.only]
@@ -97,24 +101,29 @@ def main() -> None:
                 value = BENCHES[key][2](backend)
                 results.setdefault(key, {}).setdefault(backend, []).append(value)
                 print(f"rep {rep + 1} {key} {backend:8} {value:.4g}", file=sys.stderr, flush=True)
-    print(report(results))
+    print(report(results, steal.describe()))
     ray.shutdown()
 
 
-def report(results: dict[str, dict[str, list[float]]]) -> str:
+def report(results: dict[str, dict[str, list[float]]], steal: str) -> str:
     lines = [
         f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, Ray {ray.__version__}, "
-        f"joblib {joblib.__version__}. Medians of the repetitions; ratio = contender / raypool "
-        "(higher is better for calls/s, lower for wall).",
+        f"joblib {joblib.__version__}; {steal}. Medians of the repetitions; ratio = "
+        "contender / raypool (higher is better for calls/s, lower for wall), the median of "
+        "each repetition's ratio (the backends of one repetition run back to back), with the "
+        "lowest and highest.",
     ]
     for key, by_backend in results.items():
         title, unit, _, _ = BENCHES[key]
-        base = statistics.median(by_backend["raypool"])
-        lines += ["", f"### ({key}) {title} - {unit}", "", f"| backend | {unit} | ratio |"]
-        lines.append("|---|---|---|")
+        lines += ["", f"### ({key}) {title} - {unit}", "", f"| backend | {unit} | ratio | range |"]
+        lines.append("|---|---|---|---|")
         for backend in BACKENDS:
-            value = statistics.median(by_backend[backend])
-            lines.append(f"| {NAMES[backend]} | {value:.4g} | {value / base:.2f} |")
+            values = by_backend[backend]
+            ratios = sorted(v / base for v, base in zip(values, by_backend["raypool"], strict=True))
+            lines.append(
+                f"| {NAMES[backend]} | {statistics.median(values):.4g} "
+                f"| {statistics.median(ratios):.2f} | {ratios[0]:.2f}-{ratios[-1]:.2f} |"
+            )
     return "\n".join(lines)
 
 
