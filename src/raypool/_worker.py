@@ -123,7 +123,10 @@ class _Watchdog:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # A tick that fires from here on (before the timer is off) raises nothing: the
+        # batch is over, and an exception here would escape whoever caught the batch's.
         self.deadline = None
+        self._cancelled = None
         if self.active:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._previous)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from raypool import BatchLengthError, TaskTimeoutError
-from raypool._worker import IN_WORKER, run_batch
+from raypool._worker import IN_WORKER, _Watchdog, run_batch
 
 
 def test_values_in_order_and_errors_by_position() -> None:
@@ -91,6 +91,30 @@ def test_signal_state_is_restored() -> None:
     before = signal.getsignal(signal.SIGALRM)
     run_batch(lambda x: x, [1, 2], timeout=1)
     assert signal.getsignal(signal.SIGALRM) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("cause", ["cancelled", "deadline"])
+def test_a_tick_while_the_watchdog_stops_raises_nothing(
+    monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    # The tick can fire between the batch's end and the timer being turned off: the
+    # cancel (or a deadline that passed meanwhile) must not escape the watchdog then.
+    cancelled = threading.Event()
+    watchdog = _Watchdog(cancelled)
+    watchdog.__enter__()
+    if cause == "cancelled":
+        cancelled.set()
+    else:
+        watchdog.arm(0.0)
+    setitimer = signal.setitimer
+
+    def tick_first(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        watchdog._on_alarm(signal.SIGALRM, None)  # the tick that comes in just then
+        return setitimer(which, seconds, interval)
+
+    monkeypatch.setattr(signal, "setitimer", tick_first)
+    watchdog.__exit__(None, None, None)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
