@@ -12,7 +12,7 @@ Workloads:
 Each backend runs every workload once per repetition, in an order rotated from one
 repetition to the next, after one untimed warm-up call; ratios are to raypool's in the same
 repetition. The report gives the share of CPU time the host took meanwhile (steal): on a
-shared virtual machine it swings the ratios more than any change of ours.
+shared virtual machine it swings the ratios widely (benchmarks/README.md).
 """
 
 from __future__ import annotations

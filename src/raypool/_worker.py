@@ -92,15 +92,24 @@ class _Cancelled(BaseException):
 
 
 class _Watchdog:
-    """The SIGALRM deadline and tick of one batch (a no-op off the main thread)."""
+    """The SIGALRM deadline and tick of one batch (a no-op off the main thread).
+
+    Its user sets ``settled`` once the batch's outcome is known - as the last statement of
+    the ``try`` whose ``except`` catches the tick's exceptions, and as the first of that
+    ``except`` - with a plain assignment (a call could let the tick in first): from then on
+    a tick raises nothing, so none escapes between there and the timer being turned off.
+    """
 
     def __init__(self, cancelled: threading.Event | None = None) -> None:
         self.deadline: float | None = None
         self.active = False
+        self.settled = False
         self._cancelled = cancelled
         self._previous: Any = None
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self.settled:
+            return
         if self._cancelled is not None and self._cancelled.is_set():
             raise _Cancelled
         deadline = self.deadline
@@ -123,10 +132,8 @@ class _Watchdog:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # A tick that fires from here on (before the timer is off) raises nothing: the
-        # batch is over, and an exception here would escape whoever caught the batch's.
+        self.settled = True  # if the user has not: the timer is still on for a moment
         self.deadline = None
-        self._cancelled = None
         if self.active:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._previous)
@@ -219,9 +226,12 @@ def run_batch(
             else:
                 call = _caller(fn, unpack, items)
                 result = _run_timed(call, items, timeout, watchdog, caught)
+            seconds = time.perf_counter() - started
+            watchdog.settled = True
         except _Cancelled:
+            watchdog.settled = True
             result = failed_batch(len(items), CancelledError("the map call was cancelled"))
-        seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started
     return result._replace(seconds=seconds)
 
 
@@ -703,7 +713,9 @@ def _run_piece(
                 if one.retry:
                     retry.add(len(values))
                 values.append(one.values[0])
+            watchdog.settled = True
         except _Cancelled:
+            watchdog.settled = True
             return failed_batch(len(items) - start, CancelledError("the call was cancelled"))
     if len(_call_seconds) > CALL_ESTIMATES_KEPT:
         _call_seconds.clear()

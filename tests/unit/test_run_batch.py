@@ -6,11 +6,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
 
 import pytest
 
+import raypool._worker
 from raypool import BatchLengthError, TaskTimeoutError
-from raypool._worker import IN_WORKER, _Watchdog, run_batch
+from raypool._worker import IN_WORKER, _Cancelled, _Watchdog, run_batch
 
 
 def test_values_in_order_and_errors_by_position() -> None:
@@ -94,28 +97,69 @@ def test_signal_state_is_restored() -> None:
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("cause", ["cancelled", "deadline"])
-def test_a_tick_while_the_watchdog_stops_raises_nothing(
-    monkeypatch: pytest.MonkeyPatch, cause: str
-) -> None:
-    # The tick can fire between the batch's end and the timer being turned off: the
-    # cancel (or a deadline that passed meanwhile) must not escape the watchdog then.
+@pytest.fixture
+def watchdog(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Watchdog, threading.Event]]:
+    """A watchdog entered on the main thread whose own timer never fires during the test
+    (the test calls its tick), and a cancel event it watches; its timer and SIGALRM handler
+    are restored whatever the test does."""
+    monkeypatch.setattr(raypool._worker, "TICK_SECONDS", 3600.0)
+    handler, setitimer = signal.getsignal(signal.SIGALRM), signal.setitimer  # a test may patch it
     cancelled = threading.Event()
-    watchdog = _Watchdog(cancelled)
-    watchdog.__enter__()
-    if cause == "cancelled":
-        cancelled.set()
-    else:
-        watchdog.arm(0.0)
+    dog = _Watchdog(cancelled)
+    dog.__enter__()
+    try:
+        yield dog, cancelled
+    finally:
+        setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, handler)
+
+
+def _tick(dog: _Watchdog) -> None:
+    dog._on_alarm(signal.SIGALRM, None)
+
+
+def test_a_tick_once_the_batch_is_settled_raises_nothing(
+    watchdog: tuple[_Watchdog, threading.Event],
+) -> None:
+    dog, cancelled = watchdog
+    cancelled.set()
+    with pytest.raises(_Cancelled):  # the control: while the batch runs, the tick stops it
+        _tick(dog)
+    dog.settled = True  # the batch's outcome is known (run_batch, _run_piece)
+    _tick(dog)  # a tick from here to the timer's end must not escape the batch's handling
+
+
+def test_a_tick_while_the_watchdog_stops_raises_nothing(
+    watchdog: tuple[_Watchdog, threading.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tick can fire in __exit__ before the timer is off, when no caller settled.
+    dog, cancelled = watchdog
+    cancelled.set()
+    handler = signal.getsignal(signal.SIGALRM)
     setitimer = signal.setitimer
 
     def tick_first(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
-        watchdog._on_alarm(signal.SIGALRM, None)  # the tick that comes in just then
+        _tick(dog)  # the tick that comes in just then
         return setitimer(which, seconds, interval)
 
     monkeypatch.setattr(signal, "setitimer", tick_first)
-    watchdog.__exit__(None, None, None)
+    dog.__exit__(None, None, None)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is not handler  # the one before, restored
+
+
+def test_a_cancelled_batch_reports_cancelled_items() -> None:
+    cancelled = threading.Event()
+    cancelled.set()
+
+    def slow(x: int) -> int:
+        time.sleep(30)  # the tick interrupts the sleep
+        return x
+
+    result = run_batch(slow, [1, 2], cancelled=cancelled, caught=IN_WORKER)
+    assert result.errors is not None
+    assert sorted(result.errors) == [0, 1]
+    assert all(isinstance(error, CancelledError) for error, _ in result.errors.values())
 
 
 def test_off_the_main_thread_an_overrun_is_reported_after_the_fact() -> None:
