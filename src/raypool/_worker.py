@@ -226,12 +226,11 @@ def run_batch(
             else:
                 call = _caller(fn, unpack, items)
                 result = _run_timed(call, items, timeout, watchdog, caught)
-            seconds = time.perf_counter() - started
             watchdog.settled = True
         except _Cancelled:
             watchdog.settled = True
             result = failed_batch(len(items), CancelledError("the map call was cancelled"))
-            seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
     return result._replace(seconds=seconds)
 
 
