@@ -9,6 +9,10 @@ Workloads:
     l  scikit-learn ``cross_val_score(RandomForestClassifier(n_estimators=100), digits,
        cv=5, n_jobs=-1)``: wall (s)
 
+With ``--floor``, two more backends written directly on Ray (``floor.py``: a plain Ray task
+per batch, and a call to one of ``n_jobs`` long-lived actors per batch) show what a backend
+built on Ray tasks, or on actors, pays at the least.
+
 Each backend runs every workload once per repetition, in an order rotated from one
 repetition to the next, after one untimed warm-up call; ratios are to raypool's in the same
 repetition. The report gives the share of CPU time the host took meanwhile (steal): on a
@@ -25,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import floor
 import joblib
 import ray
 import workloads
@@ -40,7 +45,14 @@ import raypool.joblib  # noqa: F401 - registers the backend "raypool"
 CPUS = 2
 N_TINY = 10_000
 BACKENDS = ["raypool", "ray", "loky"]
-NAMES = {"raypool": "raypool", "ray": "Ray's backend", "loky": "loky"}
+FLOORS = ["ray-tasks", "ray-actors"]
+NAMES = {
+    "raypool": "raypool",
+    "ray": "Ray's backend",
+    "loky": "loky",
+    "ray-tasks": "raw Ray tasks (floor)",
+    "ray-actors": "raw Ray actors (floor)",
+}
 
 
 def bench_k(backend: str) -> float:
@@ -84,19 +96,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", default="kl")
+    parser.add_argument("--floor", action="store_true", help="also the raw-Ray backends")
     args = parser.parse_args()
+    backends = BACKENDS + FLOORS if args.floor else BACKENDS
     steal = StealMeter()
     ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
     register_ray()
+    floor.register()
     chosen = [key for key in BENCHES if key in args.only]
     for key in chosen:  # warm-up: workers started, imports done, for every backend
-        for backend in BACKENDS:
+        for backend in backends:
             BENCHES[key][2](backend)
     results: dict[str, dict[str, list[float]]] = {}
     for rep in range(args.reps):
         for key in chosen:
-            shift = rep % len(BACKENDS)
-            for backend in BACKENDS[shift:] + BACKENDS[:shift]:
+            shift = rep % len(backends)
+            for backend in backends[shift:] + backends[:shift]:
                 _settle()
                 value = BENCHES[key][2](backend)
                 results.setdefault(key, {}).setdefault(backend, []).append(value)
@@ -117,7 +132,7 @@ def report(results: dict[str, dict[str, list[float]]], steal: str) -> str:
         title, unit, _, _ = BENCHES[key]
         lines += ["", f"### ({key}) {title} - {unit}", "", f"| backend | {unit} | ratio | range |"]
         lines.append("|---|---|---|---|")
-        for backend in BACKENDS:
+        for backend in by_backend:
             values = by_backend[backend]
             ratios = sorted(v / base for v, base in zip(values, by_backend["raypool"], strict=True))
             lines.append(
