@@ -128,6 +128,7 @@ _CANCEL = "cancel"
 _CANCEL_ALL = "cancel-all"
 _CANCEL_STREAMS = "cancel-streams"
 _RELEASE = "release"
+_SYNC = "sync"
 _STOP = "stop"
 
 
@@ -222,6 +223,18 @@ class Dispatcher:
         while not self.wait_idle(FINISH_CHECK_SECONDS) and self._alive():
             pass
 
+    def sync(self) -> None:
+        """Return once the dispatcher thread has handled the events posted before this call
+        and started the tasks there is room for. At once in the dispatcher thread itself,
+        with no thread, or past the interpreter's exit hook (a thread may never run then)."""
+        with self._lock:  # a _STOP, posted under it too, comes after the _SYNC
+            thread = self._thread
+            if thread is None or thread is threading.current_thread() or _lifecycle.exited():
+                return
+            handled = threading.Event()
+            self._events.put((_SYNC, handled))
+        handled.wait()
+
     def is_current_thread(self) -> bool:
         return self._thread is threading.current_thread()
 
@@ -300,13 +313,21 @@ class Dispatcher:
                 events.append(self._events.get_nowait())
             except queue.Empty:
                 break
-        for event in events:
-            if event[0] is _STOP:
-                self._end_all(None)
-                return False
-            self._handle(event)
-        self._fill()
-        return True
+        synced: list[threading.Event] = []
+        try:
+            for event in events:
+                if event[0] is _STOP:
+                    self._end_all(None)
+                    return False
+                if event[0] is _SYNC:
+                    synced.append(event[1])
+                else:
+                    self._handle(event)
+            self._fill()
+            return True
+        finally:
+            for handled in synced:
+                handled.set()
 
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]

@@ -260,6 +260,16 @@ class _PoolCore:
         if dispatcher is not None:
             dispatcher.close()
 
+    def sync(self) -> None:
+        """Return once the dispatcher has handled what was queued before and started the
+        tasks there is room for."""
+        if self.inherited():
+            return
+        with self.lock:
+            dispatcher = self.dispatcher
+        if dispatcher is not None:
+            dispatcher.sync()
+
     def join(self) -> None:
         if self.inherited():
             return
@@ -801,10 +811,15 @@ class RayPool(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no new work; with ``wait``, return when all submitted work is done.
 
-        ``cancel_futures`` cancels the futures not yet started. Idempotent.
+        ``cancel_futures`` cancels the futures not yet started. With ``wait``, the pool
+        first starts the calls its free slots take (as ``ProcessPoolExecutor`` first fills
+        its workers' queue): those run to their end. Without, every call not yet in a task
+        is cancelled before this returns (as ``ThreadPoolExecutor`` does). Idempotent.
         """
         self._core.close()
         if cancel_futures:
+            if wait:
+                self._core.sync()
             for future in list(self._core.futures):
                 future.cancel()
         if wait:

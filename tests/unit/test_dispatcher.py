@@ -274,6 +274,32 @@ def test_stop_ends_the_calls_and_joins_the_thread(
     dispatcher.stop()  # idempotent
 
 
+def test_sync_returns_once_the_events_before_it_are_handled_and_tasks_started(
+    make_dispatcher: Callable[[int | None], Dispatcher],
+) -> None:
+    dispatcher = make_dispatcher(2)
+    dispatcher.sync()  # no thread yet: at once
+    backend = FakeBackend()
+    sink, future = list_sink()
+    synced_in_callback: list[bool] = []
+
+    def sync_from_the_dispatcher_thread(_: Future[list[Any]]) -> None:
+        dispatcher.sync()  # would wait for itself if it did not return at once
+        synced_in_callback.append(True)
+
+    future.add_done_callback(sync_from_the_dispatcher_thread)
+    dispatcher.start(open_call(dispatcher, sink, backend, list(range(5))))
+    dispatcher.sync()
+    assert len(backend.tasks) == 2  # started before sync() returned: the cap's worth
+
+    backend.serve(5)
+    assert future.result(timeout=TIMEOUT) == [0, 10, 20, 30, 40]
+    assert dispatcher.wait_idle(timeout=TIMEOUT)
+    assert synced_in_callback == [True]
+    dispatcher.stop()
+    dispatcher.sync()  # stopped: at once
+
+
 # -- calls that end early -----------------------------------------------------------------------
 
 
