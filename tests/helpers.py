@@ -552,3 +552,9 @@ def buffered_map_in_task(n: int) -> list[int]:
 
     with raypool.ProcessPoolExecutor(1) as executor:
         return list(executor.map(square, range(n), buffersize=2))
+
+
+def put_in_held(holder: Any, x: Any) -> Any:
+    """Put ``x`` in the queue ``holder.held``."""
+    holder.held.put(x)
+    return x

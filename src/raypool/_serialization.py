@@ -40,7 +40,7 @@ import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.context import get_spawning_popen, set_spawning_popen
-from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType, SimpleNamespace
 from typing import Any
 
 import dill
@@ -181,16 +181,41 @@ def check_shareable(values: Iterable[Any], where: str) -> bool:
 
 
 def check_items(items: Iterable[Any], where: str) -> bool:
-    """``check_shareable`` for a call's items or arguments, cheaply: each item, and what a
+    """``check_shareable`` for a call's items or arguments, cheaply: each item, what a
     tuple, list, dict or ``partial`` item holds (``starmap``'s ``(queue, x)``, ``submit``'s
-    arguments); deeper objects are Ray's serializer's to refuse."""
+    arguments), and the attributes of those that pickle as their ``__dict__`` (an object
+    holding ``self.queue = manager.Queue()``); deeper objects are Ray's serializer's to
+    refuse."""
     proxies = False
     for item in items:
         for value in _shallow(item):
-            if isinstance(value, _UNSHAREABLE):
-                raise _unshareable(value, where)
-            proxies = proxies or _is_proxy(value)
+            for found in (value, *_attributes(value)):
+                if isinstance(found, _UNSHAREABLE):
+                    raise _unshareable(found, where)
+                proxies = proxies or _is_proxy(found)
     return proxies
+
+
+#: What a class defines when it chooses what of an instance is pickled.
+_PICKLING_HOOKS = ("__reduce_ex__", "__reduce__", "__getstate__")
+
+
+def _attributes(value: Any) -> Iterable[Any]:
+    """The attributes of ``value`` if pickling it pickles them as they are: an instance
+    of a class that does not say how it pickles (its ``__dict__`` is its state), or a
+    ``SimpleNamespace``."""
+    try:
+        attributes = getattr(value, "__dict__", None)
+    except Exception:  # a __getattr__ that raises something else than AttributeError
+        return ()
+    if type(attributes) is not dict or isinstance(value, ModuleType):  # none, or a class
+        return ()
+    kind = type(value)
+    if kind is not SimpleNamespace and any(
+        hook in vars(base) for base in kind.__mro__[:-1] for hook in _PICKLING_HOOKS
+    ):
+        return ()  # it chooses what to pickle (a proxy: its token, not its manager)
+    return attributes.values()
 
 
 def _shallow(item: Any) -> Iterator[Any]:

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from helpers import (
     payload,
     pid_of,
     put_in,
+    put_in_held,
     set_shared,
     square_when_released,
     use_shared,
@@ -533,6 +535,21 @@ def test_a_manager_proxy_in_a_submitted_call(
     assert queue.get(timeout=10) == 3
 
 
+def test_a_manager_proxy_an_argument_holds_as_an_attribute(
+    make_executor: Callable[..., Any], pool: Any, manager: Any
+) -> None:
+    # CPython's test_ressources_gced_in_workers passes such an object (its __del__ sets
+    # a manager Event): the proxy must carry its manager's authkey to the worker.
+    # A class of the user's own would do as well where workers can import its module.
+    queue = manager.Queue()
+    with make_executor(2) as executor:
+        held = SimpleNamespace(held=queue)
+        assert executor.submit(put_in_held, held, 3).result(timeout=60) == 3
+    assert pool.map(functools.partial(put_in_held, SimpleNamespace(held=queue)), [4]) == [4]
+    assert pool.starmap(put_in_held, [(SimpleNamespace(held=queue), 5)]) == [5]
+    assert sorted(queue.get(timeout=10) for _ in range(3)) == [3, 4, 5]
+
+
 @pytest.mark.parametrize("kind", ["Queue", "Lock", "RLock", "Semaphore", "Event"])
 def test_a_multiprocessing_object_is_refused_at_the_call(kind: str) -> None:
     shared = getattr(multiprocessing.get_context("spawn"), kind)()
@@ -545,6 +562,8 @@ def test_a_multiprocessing_object_is_refused_at_the_call(kind: str) -> None:
             pool.map(functools.partial(put_in, shared), range(3))
         with pytest.raises(raypool.NotShareableError, match="the first item"):
             pool.starmap(put_in, [(shared, 1)])
+        with pytest.raises(raypool.NotShareableError, match="an argument of the call"):
+            pool.apply_async(identity, (SimpleNamespace(held=shared),))
     with pytest.raises(raypool.NotShareableError, match="an initarg"):
         raypool.Pool(2, initializer=set_shared, initargs=(shared,))
 
