@@ -44,6 +44,8 @@ def _run_batch(blob: bytes) -> list[Any]:
 
 @ray.remote(num_cpus=0)
 class _Runner:
+    """Runs batches, one at a time, for the whole run."""
+
     def run(self, blob: bytes) -> list[Any]:
         calls: Callable[[], list[Any]] = cloudpickle.loads(blob)
         return calls()
@@ -53,8 +55,8 @@ class _RawBackend(RayPoolBackend):  # type: ignore[misc]
     """Only what ``Parallel`` needs: ``n_jobs``, ``submit`` with a callback, results."""
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
-        if n_jobs is None or n_jobs < 0:
-            return int(ray.cluster_resources()["CPU"])
+        if n_jobs is None or n_jobs < 0:  # joblib's count: CPUs + 1 + n_jobs
+            return max(int(ray.cluster_resources()["CPU"]) + 1 + (n_jobs or -1), 1)
         return n_jobs
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, **_: Any) -> int:
@@ -69,6 +71,8 @@ class _RawBackend(RayPoolBackend):  # type: ignore[misc]
 
 
 class RayTasksBackend(_RawBackend):
+    """``"ray-tasks"``: one plain Ray task per batch."""
+
     def submit(
         self, func: Callable[[], list[Any]], callback: Callable[[Any], None] | None = None
     ) -> concurrent.futures.Future[Any]:
@@ -82,6 +86,8 @@ _runners: list[Any] = []  # for the whole run, as a process pool keeps its proce
 
 
 class RayActorsBackend(_RawBackend):
+    """``"ray-actors"``: each batch a call to the least busy of ``n_jobs`` actors."""
+
     def configure(self, n_jobs: int = 1, parallel: Any = None, **options: Any) -> int:
         n_jobs = super().configure(n_jobs, parallel, **options)
         while len(_runners) < n_jobs:

@@ -233,7 +233,9 @@ class Dispatcher:
                 return
             handled = threading.Event()
             self._events.put((_SYNC, handled))
-        handled.wait()
+        while not handled.wait(FINISH_CHECK_SECONDS):
+            if not thread.is_alive():  # ended by an error of its own: nothing will come
+                return
 
     def is_current_thread(self) -> bool:
         return self._thread is threading.current_thread()

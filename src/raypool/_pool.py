@@ -812,9 +812,10 @@ class RayPool(concurrent.futures.Executor):
         """Take no new work; with ``wait``, return when all submitted work is done.
 
         ``cancel_futures`` cancels the futures not yet started. With ``wait``, the pool
-        first starts the calls its free slots take (as ``ProcessPoolExecutor`` first fills
-        its workers' queue): those run to their end. Without, every call not yet in a task
-        is cancelled before this returns (as ``ThreadPoolExecutor`` does). Idempotent.
+        first hands Ray the calls it would hand it now, up to its task cap (as
+        ``ProcessPoolExecutor`` first fills its workers' queue): those run to their end.
+        Without, every call not yet in a task is cancelled before this returns (as
+        ``ThreadPoolExecutor`` does). Idempotent.
         """
         self._core.close()
         if cancel_futures:

@@ -27,6 +27,7 @@ their items are checked task by task.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import functools
 import hashlib
 import importlib
@@ -204,18 +205,34 @@ def _attributes(value: Any) -> Iterable[Any]:
     """The attributes of ``value`` if pickling it pickles them as they are: an instance
     of a class that does not say how it pickles (its ``__dict__`` is its state), or a
     ``SimpleNamespace``."""
+    if not _pickles_its_dict(type(value)):
+        return ()
     try:
         attributes = getattr(value, "__dict__", None)
     except Exception:  # a __getattr__ that raises something else than AttributeError
         return ()
-    if type(attributes) is not dict or isinstance(value, ModuleType):  # none, or a class
-        return ()
-    kind = type(value)
-    if kind is not SimpleNamespace and any(
-        hook in vars(base) for base in kind.__mro__[:-1] for hook in _PICKLING_HOOKS
-    ):
-        return ()  # it chooses what to pickle (a proxy: its token, not its manager)
-    return attributes.values()
+    return attributes.values() if type(attributes) is dict else ()
+
+
+#: ``_pickles_its_dict``'s answers, per class (all forgotten past this many classes).
+_TYPES_KEPT = 1024
+_pickles_dict: dict[type, bool] = {}
+
+
+def _pickles_its_dict(kind: type) -> bool:
+    answer = _pickles_dict.get(kind)
+    if answer is None:
+        if issubclass(kind, SimpleNamespace):
+            answer = True
+        elif issubclass(kind, (type, ModuleType, FunctionType)) or kind in copyreg.dispatch_table:
+            answer = False  # pickled by reference, or as its registered reducer says
+        else:
+            hooks = (hook in vars(base) for base in kind.__mro__[:-1] for hook in _PICKLING_HOOKS)
+            answer = not any(hooks)
+        if len(_pickles_dict) >= _TYPES_KEPT:
+            _pickles_dict.clear()
+        _pickles_dict[kind] = answer
+    return answer
 
 
 def _shallow(item: Any) -> Iterator[Any]:

@@ -8,6 +8,7 @@ objects that a worker cannot receive.
 
 from __future__ import annotations
 
+import copyreg
 import multiprocessing
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -39,8 +40,22 @@ def manager() -> Iterator[Any]:
         yield started
 
 
+class Namespace(SimpleNamespace):
+    pass
+
+
+class Registered(Plain):
+    """Pickled as the reducer registered with ``copyreg`` says: without what it holds."""
+
+
+copyreg.pickle(Registered, lambda obj: (Registered, (None,)))
+
 #: Ways to hold a value as an attribute that pickle it as it is.
-HOLDERS = {"instance": Plain, "namespace": lambda held: SimpleNamespace(held=held)}
+HOLDERS = {
+    "instance": Plain,
+    "namespace": lambda held: SimpleNamespace(held=held),
+    "namespace subclass": lambda held: Namespace(held=held),
+}
 
 
 @pytest.mark.parametrize("hold", HOLDERS.values(), ids=list(HOLDERS))
@@ -61,3 +76,4 @@ def test_an_object_that_chooses_its_pickled_state_is_not_looked_into(manager: An
     lock = multiprocessing.get_context("spawn").Lock()
     assert not check_items([ChoosesItsState(lock)], "an item")  # its lock is not pickled
     assert not check_items([ChoosesItsState(manager.Queue())], "an item")
+    assert not check_items([Registered(lock)], "an item")
