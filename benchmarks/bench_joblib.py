@@ -11,7 +11,8 @@ Workloads:
 
 With ``--floor``, two more backends written directly on Ray (``floor.py``: a plain Ray task
 per batch, and a call to one of ``n_jobs`` long-lived actors per batch) show what a backend
-built on Ray tasks, or on actors, pays at the least.
+built on Ray tasks, or on actors, pays at the least; and raypool's backend with its batches
+in Ray tasks (``actors=False``) instead of its kept actors.
 
 Each backend runs every workload once per repetition, in an order rotated from one
 repetition to the next, after one untimed warm-up call; ratios are to raypool's in the same
@@ -22,6 +23,7 @@ shared virtual machine it swings the ratios widely (benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import statistics
@@ -40,16 +42,17 @@ from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import cross_val_score
 
-import raypool.joblib  # noqa: F401 - registers the backend "raypool"
+import raypool.joblib  # registers the backend "raypool"
 
 CPUS = 2
 N_TINY = 10_000
 BACKENDS = ["raypool", "ray", "loky"]
-FLOORS = ["ray-tasks", "ray-actors"]
+FLOORS = ["raypool-tasks", "ray-tasks", "ray-actors"]
 NAMES = {
     "raypool": "raypool",
     "ray": "Ray's backend",
     "loky": "loky",
+    "raypool-tasks": "raypool, batches in tasks",
     "ray-tasks": "raw Ray tasks (floor)",
     "ray-actors": "raw Ray actors (floor)",
 }
@@ -103,6 +106,8 @@ def main() -> None:
     ray.init(num_cpus=CPUS, include_dashboard=False, logging_level="warning")
     register_ray()
     floor.register()
+    tasks = functools.partial(raypool.joblib.RayPoolBackend, actors=False)
+    joblib.register_parallel_backend("raypool-tasks", tasks)
     chosen = [key for key in BENCHES if key in args.only]
     for key in chosen:  # warm-up: workers started, imports done, for every backend
         for backend in backends:

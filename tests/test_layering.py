@@ -23,11 +23,13 @@ ALLOWED = {
     "_runtime": {"_errors", "_lifecycle", "_outcome"},
     "_cancel": {"_lifecycle"},
     "_worker": {"_cancel", "_config", "_errors", "_outcome", "_serialization"},
+    "_runners": {"_lifecycle", "_worker"},
     "_backend": {
         "_cancel",
         "_config",
         "_errors",
         "_outcome",
+        "_runners",
         "_runtime",
         "_serialization",
         "_worker",

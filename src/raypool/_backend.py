@@ -1,5 +1,6 @@
-"""Where batches run: Ray tasks (``RayBackend``), streaming Ray tasks of submitted calls
-(``CallBackend``), or the calling thread (``InlineBackend``).
+"""Where batches run: Ray tasks (``RayBackend``), streaming Ray tasks of submitted calls -
+or the same tasks sent to kept actors (``CallBackend``, ``_runners``) - or the calling
+thread (``InlineBackend``).
 
 Both implement ``_scheduler.Backend``: the one scheduler drives either through the same
 calls - ``submit``, ``wait`` (or ``wait_async``), ``result``, ``cancel``, ``close`` - so
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,6 +36,7 @@ from ._errors import (
     item_repr,
 )
 from ._outcome import BatchResult, Rerun, failed_batch
+from ._runners import QUEUE_SECONDS, Runner, Runners, acquire, release
 from ._runtime import (
     TaskFailure,
     classify,
@@ -213,6 +216,11 @@ class RayBackend:
         self._futures.clear()
 
 
+#: How much of its estimate a pool's longest recent task keeps at each new measurement
+#: (``CallBackend``, with runners): lower forgets a slow task sooner.
+TASK_ESTIMATE_DECAY = 0.9
+
+
 #: Functions a pool keeps serialized (the most recently submitted, while they live): a
 #: function submitted again is not serialized again, and its calls carry the same box.
 FUNCTIONS_KEPT = 64
@@ -300,6 +308,9 @@ class CallBackend:
     streaming Ray tasks: a task sends its calls' results back in pieces as they finish
     (``_worker.FLUSH_SECONDS``), so each call's future resolves when the call ends, not
     when its task does. A task of one call is a plain Ray task (its one piece, returned).
+    With ``actors``, the same tasks are method calls of kept actors (``_runners``): a
+    task goes to an idle one while the run has fewer in flight than ``cpus``, or queues
+    behind a short task of the run (``can_take``, which the run's throttle asks).
 
     Args:
         cpus: how many of its tasks run at once (the pool's size): the calls waiting
@@ -308,6 +319,9 @@ class CallBackend:
         remote_options: passed to ``.options()`` of the task.
         setup: what each worker process runs once before its first call.
         max_calls: a worker process exits after this many tasks, or ``None``.
+        actors: send the tasks to kept actors (``_runners``) instead of Ray's task
+            scheduler; ``remote_options`` may then hold a ``runtime_env`` and nothing
+            else, and ``max_calls`` must be ``None`` (``WorkerOptions`` checks it).
     """
 
     rerunnable = True
@@ -321,6 +335,7 @@ class CallBackend:
         remote_options: dict[str, Any] | None = None,
         setup: Setup | None = None,
         max_calls: int | None = None,
+        actors: bool = False,
     ) -> None:
         self.cpus = cpus
         #: Calls or initargs hold ``Manager()`` proxies: send them with their authkey.
@@ -335,20 +350,41 @@ class CallBackend:
         self._spec: CallsSpec = (timeout, self._cancel_key, setup, False)
         self._checked_spec: CallsSpec = (timeout, self._cancel_key, setup, True)
         self._futures: dict[Any, concurrent.futures.Future[Any]] = {}
+        runtime_env = (remote_options or {}).get("runtime_env")
+        self._runners: Runners | None = acquire(runtime_env) if actors else None
+        #: A task sent to a runner -> [the runner, how many of its calls have not reported].
+        self._held: dict[Any, list[Any]] = {}
+        #: The longest recent task's run, fading, and when the first was measured
+        #: (``time.monotonic()``; ``None``: none yet).
+        self._longest = 0.0
+        self._measured_at: float | None = None
 
     def submit(self, items: list[Any], checked: bool = False) -> Any:
         spec = self._checked_spec if checked else self._spec
-        remote = self._remote_one if len(items) == 1 else self._remote
+        runner: Runner | None = None
+        if self._runners is not None:
+            runner = self._runner()
+            remote = runner.call if len(items) == 1 else runner.calls
+        else:
+            remote = self._remote_one if len(items) == 1 else self._remote
         try:
             if not self.ships_proxies:
-                return remote.remote(spec, items)
-            with shipping():
-                return remote.remote(spec, items)
-        except (TypeError, RuntimeError) as exc:  # Ray could not serialize the arguments
-            try:
+                handle = remote.remote(spec, items)
+            else:
+                with shipping():
+                    handle = remote.remote(spec, items)
+        except BaseException as exc:
+            if self._runners is not None and runner is not None:
+                self._runners.done(runner)
+            if not isinstance(exc, (TypeError, RuntimeError)):
+                raise
+            try:  # Ray could not serialize the arguments
                 return _Refused(_unserializable(items, exc))
             except NotShareableError as refused:  # a multiprocessing object in a call
                 return _Refused(refused)
+        if runner is not None:
+            self._held[handle] = [runner, len(items)]
+        return handle
 
     def notify(self, handle: Any, callback: Callable[[Any], None]) -> None:
         if isinstance(handle, _Refused):
@@ -367,15 +403,60 @@ class CallBackend:
             if not isinstance(handle, ray.ObjectRef):
                 take_piece(handle)
         except Exception as exc:  # the task failed: every call not reported yet
-            return _failed(classify(exc), items, size)
+            failure = classify(exc)
+            self._let_go([handle], lost=failure.rerun is Rerun.LOST)  # its runner died
+            return _failed(failure, items, size)
         count, sealed = piece
+        if self._held:
+            self._reported(handle, count)
         if items is not None:
             items = items[:count]
         try:
             result = unseal(sealed)
         except (Exception, SystemExit) as exc:  # this piece's calls only
             return _failed(unpickling_failure(exc), items, count)
+        if self._runners is not None and isinstance(handle, ray.ObjectRef):  # one call
+            self._longest = max(result.seconds, self._longest * TASK_ESTIMATE_DECAY)
+            if self._measured_at is None:
+                self._measured_at = time.monotonic()
         return _decoded(result, items) if result.encoded else result
+
+    def can_take(self) -> bool:
+        """Whether a task sent now starts at once, or soon: without runners, always; with
+        them, while the pool has fewer tasks in flight than its size, or one can queue
+        behind a short one (``_queue_behind``)."""
+        if self._runners is None or len(self._held) < self.cpus:
+            return True
+        return self._queue_behind(take=False) is not None
+
+    def _runner(self) -> Runner:
+        """The runner of the next task: an idle one while the pool has fewer tasks in
+        flight than its size; else one to queue behind (``can_take`` said there is one, or
+        - its moment past - this pool's latest)."""
+        assert self._runners is not None
+        if len(self._held) < self.cpus:
+            return self._runners.pick()
+        runner = self._queue_behind()
+        if runner is None:
+            runner = self._runners.behind(self._held_runners(), float("-inf"), within=None)
+        return runner or self._runners.pick()
+
+    def _queue_behind(self, *, take: bool = True) -> Runner | None:
+        """A runner of this pool to hold a second task, which it starts the moment its
+        first ends (``_runners.Runners.behind``), or ``None``. Only behind a task of one
+        call (a plain task: its measured duration is the task's)."""
+        measured_at = self._measured_at
+        if self._runners is None or measured_at is None or self._longest >= QUEUE_SECONDS:
+            return None
+        plain = [
+            runner
+            for handle, (runner, _) in self._held.items()
+            if isinstance(handle, ray.ObjectRef)
+        ]
+        return self._runners.behind(plain, measured_at, take=take)
+
+    def _held_runners(self) -> list[Runner]:
+        return [runner for runner, _ in self._held.values()]
 
     def wait(self, handles: Sequence[Any]) -> Any:
         refused = [handle for handle in handles if isinstance(handle, _Refused)]
@@ -401,14 +482,42 @@ class CallBackend:
         for handle in handles:
             self._futures.pop(handle, None)
         if not ray.is_initialized():
+            self._let_go(handles)
             return
         ended = {id(handle) for handle in self.finished(handles)}
-        running = [_end_ref(handle) for handle in handles if id(handle) not in ended]
-        if running and raise_flag(self._cancel_key, kill=kill):
-            forget_when_done(self._cancel_key, running)
+        running = [handle for handle in handles if id(handle) not in ended]
+        self._let_go(running, lost=True)  # a runner still busy with a cancelled call
+        self._let_go(handles)
+        refs = [_end_ref(handle) for handle in running]
+        if refs and raise_flag(self._cancel_key, kill=kill):
+            forget_when_done(self._cancel_key, refs)
 
     def close(self) -> None:
         self._futures.clear()
+        runners, self._runners = self._runners, None
+        if runners is not None:
+            for runner, _ in self._held.values():  # still running: not to be picked again
+                runners.lost(runner)
+            self._held.clear()
+            release(runners)
+
+    def _reported(self, handle: Any, count: int) -> None:
+        """``count`` more of the calls of ``handle`` reported; all have: its runner is free."""
+        held = self._held.get(handle)
+        if held is not None:
+            held[1] -= count
+            if held[1] <= 0:
+                self._let_go([handle])
+
+    def _let_go(self, handles: Sequence[Any], *, lost: bool = False) -> None:
+        """The tasks ``handles`` no longer count on their runners; ``lost``: the runners
+        died (or are about to), and are replaced."""
+        if self._runners is None:
+            return
+        for handle in handles:
+            held = self._held.pop(handle, None)
+            if held is not None:
+                (self._runners.lost if lost else self._runners.done)(held[0])
 
 
 def _next_ref(handle: Any) -> Any:

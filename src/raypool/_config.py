@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
+    "ACTOR_REMOTE_OPTIONS",
     "UNPACK_MODES",
     "CallDefaults",
     "Checkpoint",
@@ -246,6 +247,11 @@ class StreamLimits:
         return self.stop
 
 
+#: The ``remote_options`` a pool with ``actors=True`` takes: its actors are Ray's, placed
+#: by raypool, holding no resources.
+ACTOR_REMOTE_OPTIONS = frozenset({"runtime_env"})
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     """Where and how a call's tasks run.
@@ -257,6 +263,8 @@ class WorkerOptions:
         remote_options: passed to ``.options()`` of each task.
         max_tasks_per_worker: a worker process exits after this many tasks, or ``None``.
         sequential: run in the calling thread, without Ray.
+        actors: submitted calls run in kept Ray actors (``_runners``), not in a task per
+            batch; ``remote_options`` may then only name ``ACTOR_REMOTE_OPTIONS``.
     """
 
     address: str | None = None
@@ -265,6 +273,7 @@ class WorkerOptions:
     remote_options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY)
     max_tasks_per_worker: int | None = None
     sequential: bool = False
+    actors: bool = False
 
     def __post_init__(self) -> None:
         if self.remote_options is None:
@@ -281,6 +290,21 @@ class WorkerOptions:
             raise ValueError(
                 "max_tasks_per_worker must be an int >= 1 or None, "
                 f"got {self.max_tasks_per_worker!r}"
+            )
+        if self.actors:
+            self._check_actors()
+
+    def _check_actors(self) -> None:
+        if self.max_tasks_per_worker is not None:
+            raise ValueError(
+                "actors=True keeps worker processes: it cannot be combined with "
+                "maxtasksperchild / max_tasks_per_child"
+            )
+        other = sorted(set(self.remote_options) - ACTOR_REMOTE_OPTIONS)
+        if other:
+            raise ValueError(
+                f"actors=True runs calls in actors that ask Ray for no resources: "
+                f"remote_options {other} apply to tasks only (drop actors=True for them)"
             )
 
 

@@ -207,9 +207,9 @@ def open_calls(
     spec: RunSpec, options: MapOptions, feed: Feed, throttle: Throttle, cpus: int
 ) -> tuple[MapRun, CallBackend]:
     """Open the run that packs submitted calls (``_worker.CallItem``) from ``feed`` into
-    streaming tasks (a task of one call: a plain task), sized from measured call
-    durations and spread over ``cpus`` tasks at once (the pool's size), as long as the
-    feed is open.
+    streaming tasks (a task of one call: a plain task; with ``actors``, sent to kept
+    actors), sized from measured call durations and spread over ``cpus`` tasks at once
+    (the pool's size), as long as the feed is open.
 
     Returns:
         The run, and its backend (``ships_proxies`` may be turned on as calls arrive).
@@ -222,11 +222,29 @@ def open_calls(
         remote_options=_remote_options(worker),
         setup=None if spec.initializer is None else spec.initializer.for_workers(),
         max_calls=worker.max_tasks_per_worker,
+        actors=worker.actors,
     )
     backend.ships_proxies = bool(spec.initializer and spec.initializer.ships_proxies)
     options = dataclasses.replace(options, keep_order=False)
+    if worker.actors:
+        throttle = _RunnerThrottle(throttle, backend)
     run = MapRun(iter(()), None, options, backend, throttle=throttle, feed=feed)
     return run, backend
+
+
+class _RunnerThrottle:
+    """The pool's cap on tasks in flight, and its runners' room: a task starts only when
+    one of them can take it (``CallBackend.can_take``)."""
+
+    def __init__(self, throttle: Throttle, backend: CallBackend) -> None:
+        self._throttle = throttle
+        self._backend = backend
+
+    def admit(self) -> bool:
+        return self._backend.can_take() and self._throttle.admit()
+
+    def submitted(self, handle: Any) -> None:
+        self._throttle.submitted(handle)
 
 
 def _remote_options(worker: WorkerOptions) -> dict[str, Any]:

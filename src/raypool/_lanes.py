@@ -3,7 +3,8 @@
 A task per call costs Ray's fixed price per task on every call. Instead each call joins
 the ``Lane`` of its pool that matches what goes into a task (Ray options, timeout,
 retries), and the lane's one ``MapRun`` - the engine's scheduler, reading the lane as an
-open ``Feed`` - packs the calls that wait into streaming Ray tasks::
+open ``Feed`` - packs the calls that wait into streaming Ray tasks (sent to kept actors
+in a pool with ``actors=True``: ``_runners``)::
 
     submit(fn, *args) ──> Functions.ship(fn): serialized once per pool
                      ──> Lane.add: a CallItem and its FutureSink wait in the lane

@@ -154,8 +154,10 @@ class _PoolCore:
     """The state one pool and all its ``options()`` views share: the state, the dispatcher
     (made on first use, sized from the cluster), the futures and streams to end."""
 
-    def __init__(self, processes: int | None) -> None:
+    def __init__(self, processes: int | None, actors: bool = False) -> None:
         self.processes = processes
+        #: Calls run in kept actors, each given a task only when idle (``_runners``).
+        self.actors = actors
         self.state = PoolState.RUN
         self.lock = threading.Lock()
         self.futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
@@ -186,7 +188,10 @@ class _PoolCore:
         """The pool's dispatcher (Ray must be connected: it is sized from the cluster)."""
         with self.lock:
             if self.dispatcher is None:
-                limit = self.processes or QUEUED_TASKS_PER_CPU * cluster_cpus()
+                if self.actors:  # a task on each runner, and one queued behind a short one
+                    limit = 2 * (self.processes or cluster_cpus())
+                else:
+                    limit = self.processes or QUEUED_TASKS_PER_CPU * cluster_cpus()
                 # A pool opened in a Ray task waits in Ray, lending the task's CPU to its own
                 # tasks: nested pools do not deadlock on a small cluster.
                 self.dispatcher = Dispatcher(
@@ -206,9 +211,9 @@ class _PoolCore:
         """``spec`` with each task asking Ray for a share of a CPU when ``processes`` is more
         than the cluster's CPUs, so that ``processes`` tasks run at once, as ``processes``
         processes would (I/O-bound code relies on it). Ray options that name ``num_cpus``
-        win. Ray must be connected."""
+        win, and a pool's actors ask for none. Ray must be connected."""
         processes = self.processes
-        if processes is None or "num_cpus" in spec.worker.remote_options:
+        if processes is None or spec.worker.actors or "num_cpus" in spec.worker.remote_options:
             return spec
         cpus = cluster_cpus()
         if processes <= cpus:
@@ -355,6 +360,17 @@ class RayPool(concurrent.futures.Executor):
             (see ``RayMap``); then it fails alone with ``WorkerCrashedError``.
         retry_exceptions: ``True`` or exception classes: an item that raises one runs
             again, alone, up to ``max_retries`` times (see ``RayMap``).
+        actors: submitted calls (``submit``, ``apply``, ``apply_async``) run in worker
+            processes kept as Ray actors - shared with this process's other pools that
+            ask for them, started as needed, ended a minute after the last such pool
+            closes - instead of a Ray task per batch: about half Ray's cost per call, for
+            many short calls (the joblib backend's pools use them). A task goes to an idle
+            actor while the pool's calls (of one set of options) run fewer tasks than its
+            size, or, once they are measured short, queues behind one that will end soon
+            (``_runners``). The actors hold no Ray CPU, as those of Ray's own Pool. The
+            map methods, and calls given their own ``remote_options=``, still run tasks
+            (at most twice the pool's size in flight). Not with ``maxtasksperchild``, nor
+            with pool ``remote_options`` other than ``runtime_env``.
 
     Raises:
         ValueError: ``processes`` < 1, and other out-of-range values.
@@ -389,6 +405,7 @@ class RayPool(concurrent.futures.Executor):
         checkpoint_errors: bool = True,
         max_retries: int = 3,
         retry_exceptions: bool | Iterable[type[BaseException]] = False,
+        actors: bool = False,
     ) -> None:
         processes = _check_count("processes", processes)
         max_workers = _check_count("max_workers", max_workers)
@@ -424,10 +441,13 @@ class RayPool(concurrent.futures.Executor):
                 max_tasks_per_worker=_either(
                     "maxtasksperchild", maxtasksperchild, "max_tasks_per_child", max_tasks_per_child
                 ),
+                actors=bool(actors),
             ),
             initializer=None if initializer is None else Initializer(initializer, initargs),
         )
-        self._core = _PoolCore(_either("processes", processes, "max_workers", max_workers))
+        self._core = _PoolCore(
+            _either("processes", processes, "max_workers", max_workers), actors=bool(actors)
+        )
         self._owner = True
         self._parent: RayPool | None = None
         self._lane: tuple[RunSpec, MapOptions] | None = None  # see _lane_options
@@ -539,11 +559,11 @@ class RayPool(concurrent.futures.Executor):
 
     def _spec_for(self, defaults: CallDefaults) -> RunSpec:
         """The run spec of calls with ``defaults``: this view's, or one with other Ray
-        options (``remote_options=`` of the call)."""
+        options (``remote_options=`` of the call: in tasks, not in the pool's actors)."""
         if defaults.remote_options == self._defaults.remote_options:
             return self._spec
         remote_options = defaults.remote_options or {}
-        worker = dataclasses.replace(self._spec.worker, remote_options=remote_options)
+        worker = dataclasses.replace(self._spec.worker, remote_options=remote_options, actors=False)
         return dataclasses.replace(self._spec, worker=worker)
 
     def _start(

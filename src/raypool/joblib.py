@@ -13,19 +13,23 @@ Importing this module registers the backend ``"raypool"`` with joblib::
 (or to ``Parallel``) go to the ``RayPool`` that runs each ``Parallel`` call: ``address=``,
 ``runtime_env=``, ``remote_options=``, ``initializer=``/``initargs=``...
 
-Each joblib batch is one Ray task of that pool (joblib sizes batches from their measured
-durations). What it adds to joblib's own backends: ``Parallel(timeout=...)``, an exception
-in a task and a closed ``return_as="generator"`` stop the tasks still running (within about
-a second) instead of leaving them to burn CPU; a worker that dies fails its batch with
-``WorkerCrashedError`` (after raypool's ``max_retries`` reruns of the batch, 3 by default:
-pass ``max_retries=0`` for work that must not run twice) and the next ``Parallel`` call
-runs as usual; results stream back as they finish (``return_as="generator"`` and
-``"generator_unordered"``).
+Each joblib batch is a task of that pool (joblib sizes batches from their measured
+durations), run in a worker process kept as a Ray actor (``RayPool(actors=True)``): kept
+between ``Parallel`` calls, as loky keeps its processes, it costs Ray about half what a Ray
+task costs per batch. Where actors do not fit - ``remote_options``, ``runtime_env``,
+``maxtasksperchild``, a call inside a Ray task, or ``actors=False`` - each batch is one
+Ray task (``_actors_fit``). What it adds to joblib's own backends:
+``Parallel(timeout=...)``, an exception in a task and a closed ``return_as="generator"``
+stop the tasks still running (within about a second) instead of leaving them to burn CPU;
+a worker that dies fails its batch with ``WorkerCrashedError`` (after raypool's
+``max_retries`` reruns of the batch, 3 by default: pass ``max_retries=0`` for work that
+must not run twice) and the next ``Parallel`` call runs as usual; results stream back as
+they finish (``return_as="generator"`` and ``"generator_unordered"``).
 
 Nested ``Parallel`` calls inside a task use joblib's default for process backends - threads,
 ``n_jobs=1`` unless the inner code gives one (``n_jobs=-1`` there counts the machine's
 CPUs, as joblib does) - and an inner ``"raypool"`` runs at most as many batches at once as
-the task has CPUs (``_nested_options``).
+the task has CPUs (``_nested_options``; none in an actor: the call runs in the batch).
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ def _dumps(batch: Callable[[], list[Any]]) -> bytes:
 
 class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     """joblib's backend contract (``ParallelBackendBase``) on a ``RayPool`` per ``Parallel``
-    call: one Ray task per joblib batch, results through the futures' callbacks.
+    call: one pool task per joblib batch (in a kept actor where they fit), results
+    through the futures' callbacks.
 
     Args:
         nesting_level, inner_max_num_threads: joblib's (set by joblib).
@@ -191,6 +196,7 @@ class RayPoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
 
     def _open(self, n_jobs: int, backend_options: dict[str, Any]) -> None:
         options = self._pool_options(backend_options)
+        options.setdefault("actors", not self._in_task and _actors_fit(options))
         covers = self._covers_cluster(n_jobs, options, backend_options)
         pool = RayPool(processes=None if covers else n_jobs, **options)
         self._pool = pool
@@ -290,6 +296,16 @@ def _nested_options(options: dict[str, Any]) -> dict[str, Any]:
     remote_options = options.pop("ray_remote_args", None) or options.get("remote_options")
     options["remote_options"] = {**(remote_options or {}), "num_cpus": 0}
     return options
+
+
+def _actors_fit(options: dict[str, Any]) -> bool:
+    """Whether a pool with ``options`` can run its calls in kept actors (``actors=True``):
+    its workers are not recycled, and it gives Ray no options. Not with a ``runtime_env``
+    either: an actor that cannot set it up dies, and its calls would fail as lost workers,
+    after reruns, where a task reports ``EnvironmentSetupError``."""
+    recycled = options.get("maxtasksperchild") or options.get("max_tasks_per_child")
+    ray_options = options.get("remote_options") or options.get("ray_remote_args")
+    return not (recycled or ray_options or options.get("runtime_env"))
 
 
 def _check_options(options: dict[str, Any]) -> None:

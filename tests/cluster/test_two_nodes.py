@@ -123,6 +123,44 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+ACTORS_OVER_THE_CLUSTER = """
+    import sys, time, ray
+    from raypool import Pool
+
+    def where(log):
+        with open(log, "a") as f:
+            f.write("started\\n")
+        deadline = time.monotonic() + 60  # both calls run at once: two runners
+        while len(open(log).read().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ray.get_runtime_context().get_node_id()
+
+    with Pool(2, address=sys.argv[1], actors=True) as pool:
+        ran = sorted({f.result() for f in [pool.submit(where, sys.argv[2]) for _ in range(2)]})
+        print("ran on", *ran)
+        from raypool import _runners  # where raypool asked Ray to place them
+
+        print("placed on", *sorted(r.node for s in _runners._sets.values() for r in s._runners))
+"""
+
+
+def test_actors_spread_over_the_nodes_in_proportion_to_their_cpus(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two runners on two nodes of one CPU each: one asked for on each. They hold no CPU,
+    so Ray's resource accounting does not spread them: raypool places them (with a soft
+    node affinity, which Ray may overrule - where they ran is not asserted)."""
+    driver = _python(
+        ACTORS_OVER_THE_CLUSTER, cluster.address, str(tmp_path / "log"), env=cluster.env
+    )
+    output, _ = driver.communicate(timeout=180)
+    assert driver.returncode == 0, output
+    placed = next(line for line in output.splitlines() if line.startswith("placed on"))
+    nodes = placed.split()[2:]
+    assert len(nodes) == 2, output
+    assert len(set(nodes)) == 2, output
+
+
 IMAP_OVER_THE_CLUSTER = """
     import sys, time, ray
     from raypool import Pool

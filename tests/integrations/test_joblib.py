@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 import raypool
-from helpers import cpus_in_task, die_on, hang_noting_stop, wait_for_path
+from helpers import (
+    cpus_in_task,
+    die_on,
+    hang_noting_stop,
+    log_then_wait_for,
+    pid_of,
+    wait_for_path,
+)
 
 joblib = pytest.importorskip("joblib")
 raypool_joblib = pytest.importorskip("raypool.joblib")
@@ -161,14 +168,34 @@ def test_options_reach_the_pool_and_a_timeout_option_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("n_jobs", "cpus"), [(-1, 1.0), (2, 1.0), (4, 0.5)])
-def test_n_jobs_batches_run_at_once_each_on_a_share_of_the_cluster(
+def test_in_tasks_n_jobs_batches_run_at_once_each_on_a_share_of_the_cluster(
     n_jobs: int, cpus: float
 ) -> None:
     # The whole cluster (2 CPUs): a CPU per batch, Ray running as many as fit. More jobs
     # than CPUs: that many at once, each on a share, as that many loky processes would run.
-    with parallel_config(backend="raypool", n_jobs=n_jobs):
+    with parallel_config(backend="raypool", n_jobs=n_jobs, actors=False):
         asked = Parallel(batch_size=1)(delayed(cpus_in_task)(i) for i in range(6))
     assert [cpu for cpu, _ in asked] == [cpus] * 6
+
+
+@pytest.mark.parametrize(("n_jobs", "at_once"), [(-1, 2), (2, 2), (4, 4)])
+def test_batches_run_in_kept_actors_n_jobs_at_once(
+    tmp_path: Path, n_jobs: int, at_once: int
+) -> None:
+    # The default: each batch runs in a kept actor holding no CPU of Ray's, n_jobs at once
+    # (all of them meet), and the next Parallel call finds the same processes.
+    log = str(tmp_path / "log")
+    with parallel_config(backend="raypool", n_jobs=n_jobs):
+        meet = (delayed(log_then_wait_for)(log, at_once, i) for i in range(at_once))
+        met = Parallel(batch_size=1)(meet)
+        first = Parallel(batch_size=1)(delayed(cpus_in_task)(i) for i in range(8))
+        pids = set(Parallel(batch_size=1)(delayed(pid_of)(i) for i in range(8)))
+    assert met == [True] * at_once
+    assert {cpu for cpu, _ in first} == {0.0}
+    with parallel_config(backend="raypool", n_jobs=n_jobs):
+        pids |= set(Parallel(batch_size=1)(delayed(pid_of)(i) for i in range(8)))
+    assert 1 <= len(pids) <= at_once
+    assert os.getpid() not in pids
 
 
 @pytest.mark.parametrize(
