@@ -156,7 +156,7 @@ class _PoolCore:
 
     def __init__(self, processes: int | None, actors: bool = False) -> None:
         self.processes = processes
-        #: Calls run in kept actors, each given a task only when idle (``_runners``).
+        #: Submitted calls run in kept actors (``_runners``): twice the size in flight.
         self.actors = actors
         self.state = PoolState.RUN
         self.lock = threading.Lock()
