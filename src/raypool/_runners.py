@@ -132,11 +132,6 @@ class Runners:
             if runner in self._runners:
                 self._runners.remove(runner)
 
-    def count(self) -> int:
-        """How many runners are started (alive, as far as this process knows)."""
-        with self._lock:
-            return len(self._runners)
-
     def retire(self) -> None:
         """Drop every runner's handle: Ray ends the actors."""
         with self._lock:
