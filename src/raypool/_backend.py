@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pickle
 import threading
 import time
 import weakref
@@ -54,6 +55,7 @@ from ._serialization import (
     shipping,
 )
 from ._worker import (
+    CallItem,
     CallsSpec,
     Piece,
     Setup,
@@ -293,6 +295,25 @@ def _shipped(fn: Callable[..., Any]) -> tuple[str, list[Any]]:
     return digest, _box(blob)
 
 
+#: Argument types a runner's one-call task may carry in bytes pickled here (``_plain``).
+_PLAIN_TYPES = frozenset({bytes, str, int, float, bool, type(None)})
+
+
+def _plain(spec: CallsSpec, item: CallItem) -> bool:
+    """Whether a one-call task can go to its runner as one ``bytes`` argument, pickled here
+    (``Runner.packed``): Ray handles a ``bytes`` argument about a third of a millisecond
+    faster per task than a tuple and a list of objects. Only with no initializer, an inline
+    function and arguments of plain types - nothing whose pickling Ray's serializer does
+    differently (an ``ObjectRef``, an array it would pass out of band)."""
+    plain = _PLAIN_TYPES
+    return (
+        spec[2] is None
+        and type(item.box[0]) is bytes
+        and all(type(arg) in plain for arg in item.args)
+        and all(type(arg) in plain for arg in item.kwargs.values())
+    )
+
+
 class _Refused:
     """The handle of a batch Ray could not send (an argument that cannot be pickled): it is
     finished at once, and its items split until the call at fault fails alone."""
@@ -368,7 +389,9 @@ class CallBackend:
         else:
             remote = self._remote_one if len(items) == 1 else self._remote
         try:
-            if not self.ships_proxies:
+            if runner is not None and len(items) == 1 and _plain(spec, items[0]):
+                handle = runner.packed.remote(pickle.dumps((spec, items), protocol=5))
+            elif not self.ships_proxies:
                 handle = remote.remote(spec, items)
             else:
                 with shipping():

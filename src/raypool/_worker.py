@@ -749,6 +749,12 @@ class _CallRunner:
     def calls(self, spec: CallsSpec, items: list[CallItem]) -> Iterator[Piece]:
         yield from _execute_calls(spec, items)
 
+    def packed(self, task: bytes) -> Piece:
+        """``call`` of a task the driver pickled itself: ``(spec, items)``, plain arguments
+        only (``_backend._plain``)."""
+        spec, items = pickle.loads(task)
+        return _execute_call(spec, items)
+
 
 #: The actor class of ``_runners``; no resources of its own (they are given per actor).
 CallRunner = ray.remote(_CallRunner)

@@ -12,10 +12,12 @@ import ray
 
 import raypool
 from helpers import (
+    add,
     cpus_in_task,
     die_now,
     hang_noting_stop,
     hold,
+    identity,
     pid_of,
     wait_for_path,
 )
@@ -60,6 +62,18 @@ def test_calls_run_in_actors_kept_for_the_next_pool_holding_no_cpu() -> None:
     assert first <= second
     assert len(second) <= 2
     assert cpus == {0.0}
+
+
+def test_arguments_reach_runners_as_sent_plain_or_not() -> None:
+    # Plain ones travel pickled by the driver, the rest through Ray's serializer.
+    ref = ray.put(41)
+    sent = [b"x", "s", 3, 2.5, True, None, [1, 2], {"k": (1,)}]
+    with raypool.Pool(2, actors=True) as pool:
+        assert [pool.submit(identity, value).result(timeout=60) for value in sent] == sent
+        assert pool.submit(add, a=1, b=2).result(timeout=60) == 3
+        back = pool.submit(identity, ref).result(timeout=60)
+    assert back == ref  # an ObjectRef argument stays one, as Ray passes it
+    assert ray.get(back) == 41
 
 
 def test_runners_start_while_tasks_hold_every_cpu(tmp_path: Path) -> None:
