@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from raypool._backend import _plain
+from raypool._backend import PACKED_BYTES, _plain
 from raypool._runners import QUEUE_SECONDS, Runner, Runners
 from raypool._worker import CallItem
 
@@ -68,3 +68,4 @@ def test_only_plain_one_call_tasks_go_to_runners_pickled_by_the_driver() -> None
     assert not _plain(spec, plain._replace(args=(_Actor(),)))
     assert not _plain(spec, plain._replace(box=[object()]))  # the function's ObjectRef
     assert not _plain((None, "cancel:key", ("setup", "d", [b"i"], ()), False), plain)
+    assert not _plain(spec, plain._replace(args=(b"x" * (PACKED_BYTES + 1),)))
