@@ -57,14 +57,14 @@ class Runner:
     """One kept actor, how many tasks it holds (sent to it, not ended), and when the
     last was sent (``time.monotonic()``)."""
 
-    __slots__ = ("actor", "busy", "call", "calls", "node", "packed", "since")
+    __slots__ = ("actor", "busy", "call", "calls", "node", "pickled", "since")
 
     def __init__(self, actor: Any, node: str | None) -> None:
         self.actor = actor
         self.node = node
         self.call = actor.call  # a task of one call: its one piece, returned
         self.calls = actor.calls.options(num_returns="streaming")  # pieces as they end
-        self.packed = actor.packed  # a task of one call, pickled by the driver
+        self.pickled = actor.pickled  # a task of one call, pickled by the driver
         self.busy = 0
         self.since = 0.0
 

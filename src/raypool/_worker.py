@@ -749,9 +749,9 @@ class _CallRunner:
     def calls(self, spec: CallsSpec, items: list[CallItem]) -> Iterator[Piece]:
         yield from _execute_calls(spec, items)
 
-    def packed(self, task: bytes) -> Piece:
-        """``call`` of a task the driver pickled itself: ``(spec, items)``, plain arguments
-        only (``_backend._plain``)."""
+    def pickled(self, task: bytes) -> Piece:
+        """``call`` of a task the driver pickled itself as ``(spec, items)`` (one call whose
+        arguments are plain values, which the driver chose)."""
         spec, items = pickle.loads(task)
         return _execute_call(spec, items)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -64,16 +65,36 @@ def test_calls_run_in_actors_kept_for_the_next_pool_holding_no_cpu() -> None:
     assert cpus == {0.0}
 
 
-def test_arguments_reach_runners_as_sent_plain_or_not() -> None:
-    # Plain ones travel pickled by the driver, the rest through Ray's serializer.
+class _Spy:
+    """Stands for a runner's actor method: notes each task sent through it."""
+
+    def __init__(self, method: Any, name: str, sent: list[str]) -> None:
+        self._method, self._name, self._sent = method, name, sent
+
+    def remote(self, *args: Any) -> Any:
+        self._sent.append(self._name)
+        return self._method.remote(*args)
+
+
+def test_arguments_reach_runners_as_sent_pickled_by_the_driver_only_when_plain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     ref = ray.put(41)
-    sent = [b"x", "s", 3, 2.5, True, None, [1, 2], {"k": (1,)}]
+    plain: list[Any] = [b"x", "s", 3, 2.5, True, None]
+    other: list[Any] = [[1, 2], {"k": (1,)}, ref]
+    sent: list[str] = []
     with raypool.Pool(2, actors=True) as pool:
-        assert [pool.submit(identity, value).result(timeout=60) for value in sent] == sent
+        pool.submit(identity, 0).result(timeout=60)  # its runner started: one call at a time
+        for runners in _runners._sets.values():
+            for runner in runners._runners:
+                monkeypatch.setattr(runner, "pickled", _Spy(runner.pickled, "pickled", sent))
+                monkeypatch.setattr(runner, "call", _Spy(runner.call, "call", sent))
+        back = [pool.submit(identity, value).result(timeout=60) for value in plain + other]
         assert pool.submit(add, a=1, b=2).result(timeout=60) == 3
-        back = pool.submit(identity, ref).result(timeout=60)
-    assert back == ref  # an ObjectRef argument stays one, as Ray passes it
-    assert ray.get(back) == 41
+    assert sent == ["pickled"] * len(plain) + ["call"] * len(other) + ["pickled"]
+    assert back == plain + other
+    assert [type(value) for value in back[: len(plain)]] == [type(value) for value in plain]
+    assert ray.get(back[-1]) == 41  # an ObjectRef argument stays one, as Ray passes it
 
 
 def test_runners_start_while_tasks_hold_every_cpu(tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from raypool._backend import PACKED_BYTES, _plain
 from raypool._runners import QUEUE_SECONDS, Runner, Runners
-from raypool._worker import CallItem
 
 
 class _Method:
@@ -19,7 +17,7 @@ class _Method:
 class _Actor:
     call = _Method()
     calls = _Method()
-    packed = _Method()
+    pickled = _Method()
 
 
 def _runner(busy: int, sent_ago: float) -> Runner:
@@ -56,16 +54,3 @@ def test_nothing_goes_behind_an_old_task_or_one_sent_before_any_measure() -> Non
     assert QUEUE_SECONDS < WITHIN  # the default window is the pool's short one
     assert old.busy == first.busy == 1
     assert idle.busy == 0
-
-
-def test_only_plain_one_call_tasks_go_to_runners_pickled_by_the_driver() -> None:
-    # The rest go through Ray's serializer, which treats ObjectRefs and arrays its own way.
-    spec = (None, "cancel:key", None, False)
-    plain = CallItem("digest", [b"fn"], (b"x", "s", 1, 2.5, True, None), {"k": 3})
-    assert _plain(spec, plain)
-    assert not _plain(spec, plain._replace(args=([1, 2],)))
-    assert not _plain(spec, plain._replace(kwargs={"k": {"nested": 1}}))
-    assert not _plain(spec, plain._replace(args=(_Actor(),)))
-    assert not _plain(spec, plain._replace(box=[object()]))  # the function's ObjectRef
-    assert not _plain((None, "cancel:key", ("setup", "d", [b"i"], ()), False), plain)
-    assert not _plain(spec, plain._replace(args=(b"x" * (PACKED_BYTES + 1),)))
