@@ -558,3 +558,30 @@ def put_in_held(holder: Any, x: Any) -> Any:
     """Put ``x`` in the queue ``holder.held``."""
     holder.held.put(x)
     return x
+
+
+def _wait_forever(started: Any, never: Any) -> None:
+    started.set()
+    while not never.wait(0.05):  # back in bytecode often: a Python handler gets its turn
+        pass
+
+
+def forked_child_exitcode_on_sigterm() -> int | None:
+    """``exitcode`` of a ``fork`` child that this process ``terminate()``s (``SIGTERM``) -
+    ``None`` if it is still alive 15 s later."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    started, never = fork.Event(), fork.Event()
+    child = fork.Process(target=_wait_forever, args=(started, never))
+    child.start()
+    try:
+        if not started.wait(15):
+            return None
+        child.terminate()
+        child.join(15)
+        return child.exitcode
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join()

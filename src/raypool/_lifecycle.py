@@ -41,6 +41,12 @@ at import; it owns the two hooks raypool installs in the interpreter:
   this way, with an error that names the ``spawn``/``forkserver`` start methods, and
   detaches Ray's own exit hooks from it. Objects that own threads or tasks (runs, pools,
   stores) also remember their process, and do nothing when a forked copy is closed.
+  While ``SIGTERM`` has a Python handler, it is held (blocked in the forking thread, before
+  and after hooks of ``os.register_at_fork``) from just before the fork until the child's
+  resets have run: one sent to the child sooner - a ``multiprocessing`` pool terminated
+  while its workers start - is acted on once they have, by the handler they leave (the
+  default action, where ``_runtime`` removed Ray's), rather than dropped by Python's own
+  after-fork work or raised inside a reset, where Python only prints it.
 
 ``LiveSet`` is the usual way to register: the live objects of one kind, acted on at exit,
 forgotten after a fork.
@@ -71,6 +77,7 @@ import atexit
 import enum
 import logging
 import os
+import signal
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -194,15 +201,40 @@ def _run_exit_hooks() -> None:
         _exit = Exit.EXITED
 
 
+#: Signals held from just before a fork until the child's resets have run.
+_HELD_AT_FORK = frozenset({signal.SIGTERM})
+#: Per forking thread: the signals of ``_HELD_AT_FORK`` it had not blocked itself.
+_held = threading.local()
+
+
+def _before_fork() -> None:
+    # Only a Python handler can miss a signal; the default action cannot.
+    if not callable(signal.getsignal(signal.SIGTERM)):
+        return
+    # Recorded before blocking: pthread_sigmask runs pending handlers, which may raise.
+    _held.signals = _HELD_AT_FORK - signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    signal.pthread_sigmask(signal.SIG_BLOCK, _held.signals)
+
+
+def _release_held() -> None:
+    signals: frozenset[int] = getattr(_held, "signals", frozenset())
+    _held.signals = frozenset()
+    if signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
 def _after_fork_in_child() -> None:
     global _pid, _parent_pid, _exit
     _parent_pid, _pid = _pid, os.getpid()
     _exit = Exit.RUNNING
-    for reset in _fork_callbacks:
-        try:
-            reset()
-        except Exception:  # the others must still run; the child has no caller to tell
-            logger.debug("raypool: a reset after fork failed", exc_info=True)
+    try:
+        for reset in _fork_callbacks:
+            try:
+                reset()
+            except Exception:  # the others must still run; the child has no caller to tell
+                logger.debug("raypool: a reset after fork failed", exc_info=True)
+    finally:
+        _release_held()  # a SIGTERM sent meanwhile is acted on now, by the reset's handler
 
 
 def _install() -> None:
@@ -214,7 +246,11 @@ def _install() -> None:
     except RuntimeError:  # or imported while the interpreter shuts down
         atexit.register(_run_exit_hooks)
     if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_release_held,
+            after_in_child=_after_fork_in_child,
+        )
 
 
 _install()

@@ -11,7 +11,8 @@
   threads behind it: ``ensure_ray`` refuses it (``ForkedProcessError``), so do Ray's own
   calls there that go through its core worker (``ray.get``, ``ray.put``...), and Ray's exit
   hooks and finalizers are taken out of it, so that its exit and its garbage do not act on
-  the parent's connection.
+  the parent's connection. Any forked child - of a driver or of a Ray worker - gets
+  ``SIGTERM``'s default action back from Ray's handler (``_restore_sigterm``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import atexit
 import ctypes
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -54,6 +56,7 @@ __all__ = [
     "task_cpus",
     "next_piece",
     "ray_up",
+    "set_by_ray",
     "take_piece",
     "job_runtime_env",
     "TaskFailure",
@@ -411,8 +414,9 @@ class _InheritedCoreWorker:
 
 
 def _after_fork() -> None:
-    """In a forked child: forget the parent's lock and CPU count; a Ray connection, if the
-    parent had one, is the parent's - refuse it, and detach Ray's exit machinery from it."""
+    """In a forked child: forget the parent's lock and CPU count; give ``SIGTERM`` back its
+    default action if Ray set it; a Ray connection, if the parent had one, is the parent's -
+    refuse it, and detach Ray's exit machinery from it."""
     global _init_lock, _cpus, _inherited_ray, _used_ray
     _init_lock = threading.Lock()
     _cpus = None
@@ -420,6 +424,33 @@ def _after_fork() -> None:
         _inherited_ray = True
         _detach_inherited_ray()
     _used_ray = False
+    _restore_sigterm()
+
+
+def _restore_sigterm() -> None:
+    """A forked child ends on ``SIGTERM``, as one forked from a process without Ray does.
+
+    ``ray.init`` (in a driver) and Ray's worker loop (in a task or an actor) set a Python
+    handler for ``SIGTERM``, which a forked child - a ``multiprocessing`` worker - inherits.
+    A Python handler can miss the signal: one that lands before the interpreter's own
+    after-fork work is dropped, one that lands while the child starts raises ``SystemExit``
+    in an after-fork hook, which Python only prints, and one that lands just before the
+    child blocks in C waits for a bytecode that never comes. ``Pool.terminate()``, which
+    ``SIGTERM``s its workers and joins them, then waits forever: seen in a
+    ``Parallel(backend="multiprocessing")`` call inside a task (about once in 30 calls on a
+    loaded 2-CPU machine; in a plain Ray actor too). The kernel's default action cannot be
+    missed, and it makes the child's ``exitcode`` ``-SIGTERM``, as the stdlib documents.
+    ``_lifecycle`` holds ``SIGTERM`` until this has run. A handler of the user's stays.
+    """
+    if set_by_ray(signal.getsignal(signal.SIGTERM)):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def set_by_ray(handler: Any) -> bool:
+    """Whether a signal handler is one of Ray's (``ray.init``'s, its worker loop's, a local
+    node's - which would end the parent's cluster)."""
+    module = getattr(handler, "__module__", None) or ""
+    return module == "ray" or module.startswith("ray.")
 
 
 def _detach_inherited_ray() -> None:

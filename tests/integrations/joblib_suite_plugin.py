@@ -14,7 +14,8 @@
 * ``KNOWN_FAILURES``: items that cannot pass with a backend other than joblib's own, with
   the reason; they are not run (``xfail(run=False)``).
 * ``--outcomes FILE``: each item's backend and outcome, and its test with the parameters
-  other than the backend, so that the backends' outcomes of one test can be compared.
+  other than the backend, so that the backends' outcomes of one test can be compared;
+  ``FILE.running`` names the item that runs (or ran last).
 * Ray: the address in ``RAY_ADDRESS`` (the calling session's), else a local 2-CPU Ray.
 """
 
@@ -134,6 +135,16 @@ def _as(backend: Any) -> str:
 def _shown(value: Any) -> str:
     plain = isinstance(value, (str, int, float, bool, type(None)))
     return repr(value) if plain else type(value).__name__
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    """The item that runs now, in ``FILE.running`` beside ``--outcomes FILE``: the one that
+    hung, if the run never ends."""
+    path = item.config.getoption("--outcomes")
+    if path:
+        with open(f"{path}.running", "w") as out:
+            out.write(item.nodeid)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -55,10 +55,15 @@ def test_joblib_own_suite_passes_for_raypool_where_it_passes_for_loky(tmp_path: 
         "--outcomes", str(outcomes), "-p", "no:cacheprovider", "-q",
         "--timeout", "120", "-o", "timeout_method=thread",
     ]  # fmt: skip
-    proc = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=SUITE_SECONDS
-    )
-    assert outcomes.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
+    running = Path(f"{outcomes}.running")
+    try:
+        proc = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=SUITE_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"joblib's suite did not end; it was in {running.read_text()}")
+    last = running.read_text() if running.exists() else "none"
+    assert outcomes.exists(), f"ended in {last}:\n{proc.stdout[-20000:]}\n{proc.stderr[-5000:]}"
     items: dict[str, dict[str, str]] = json.loads(outcomes.read_text())
     ours = {name: item for name, item in items.items() if item["backend"] == "raypool"}
     assert len(ours) >= 140, "the plugin did not add raypool to joblib's backends"

@@ -15,8 +15,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+import raypool
 
 _PRELUDE = """
 import concurrent.futures, multiprocessing, os, sys
@@ -238,3 +241,41 @@ def test_what_a_child_inherited_refuses_to_wait_there() -> None:
         assert f"{name} refused: " in proc.stdout, proc.stdout
     assert "child exit 0" in proc.stdout
     assert "after [0, 1, 4, 9]" in proc.stdout
+
+
+def test_sigterm_ends_a_forked_child_as_without_ray() -> None:
+    """A child forked from a driver connected to Ray, ``terminate()``d, ends by ``SIGTERM``'s
+    default action (``exitcode == -SIGTERM``, as the stdlib documents), not by the handler
+    ``ray.init`` set - a Python handler that a child blocked in C can miss, which once left
+    ``Pool.terminate()`` waiting forever. A ``SIGTERM`` handler of the user's stays."""
+    tests = Path(__file__).resolve().parents[1]
+    code = textwrap.dedent(_PRELUDE) + textwrap.dedent(
+        f"""
+        import signal
+        sys.path.insert(0, {str(tests)!r})
+        from helpers import forked_child_exitcode_on_sigterm
+
+        print("driver", forked_child_exitcode_on_sigterm(), flush=True)
+        print("raypool", raypool.Pool(1).map(sq, [3]), flush=True)
+        print("after raypool", forked_child_exitcode_on_sigterm(), flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(7))
+        print("user's handler", forked_child_exitcode_on_sigterm(), flush=True)
+        """
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"driver {-signal.SIGTERM}" in out, out
+    assert "raypool [9]" in out, out
+    assert f"after raypool {-signal.SIGTERM}" in out, out
+    assert "user's handler 7" in out, out
+
+
+@pytest.mark.parametrize("actors", [False, True], ids=["task", "actor"])
+def test_sigterm_ends_a_child_forked_in_a_task(actors: bool) -> None:
+    """The same in a child forked inside a task or a kept actor, where Ray's worker loop set
+    the handler (``joblib``'s ``multiprocessing`` backend nested in a ``"raypool"`` batch)."""
+    from helpers import forked_child_exitcode_on_sigterm
+
+    with raypool.Pool(1, actors=actors) as pool:
+        assert pool.apply(forked_child_exitcode_on_sigterm) == -signal.SIGTERM
